@@ -1,0 +1,36 @@
+"""actkit: read and write the activations of transformer language models, through one small core.
+
+The public API:
+
+- `load(spec)` -> (model, tokenizer): a local folder, a hub id, a ``.gguf`` file, ``builtin:NAME`` or a packaged
+  real model.
+- `Anatomy.of(model)`: the architecture-neutral sites of a model (``resid_post.12``, ``mlp_hidden.3``, ...).
+- `tap(model, read=..., write=...)`: read and write activations at sites inside a ``with`` block.
+- Positions (`All`, `Last`, `Prompt`, `Generated`, `From`, `At`) and interventions (`Add`, `Set`, `Apply`).
+- Streaming reducers (`Mean`, `Moments`, `NormHistogram`, `TopK`, `ActiveFraction`, `Covariance`).
+- `collect(model, texts, sites, reducers, tokenizer=...)`: run a model over texts and reduce activations.
+- `profile(model, tokenizer, texts)`: the per-block residual-norm profile behind ``actkit profile``.
+"""
+
+from actkit.core import families as _families  # noqa: F401  (registers the anatomy tables)
+from actkit.core.anatomy import Anatomy, Experts, Family, Hook, register_family
+from actkit.core.collect import Collection, collect, read_texts
+from actkit.core.hooks import Capture, Read, Tap, tap
+from actkit.core.interventions import Add, Apply, Intervention, Set
+from actkit.core.positions import All, At, From, Generated, Last, Positions, Prompt, StepContext, parse_positions
+from actkit.core.sites import Site
+from actkit.core.stats import ActiveFraction, Covariance, Mean, Moments, NormHistogram, TopK
+from actkit.errors import ActkitError
+try:
+    from actkit.models import load
+except ImportError:  # TEMP while models is written
+    pass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActiveFraction", "ActkitError", "Add", "All", "Anatomy", "Apply", "At", "Capture", "Collection",
+    "Covariance", "Experts", "Family", "From", "Generated", "Hook", "Intervention", "Last", "Mean", "Moments",
+    "NormHistogram", "Positions", "Prompt", "Read", "Set", "Site", "StepContext", "Tap", "TopK", "collect",
+    "load", "parse_positions", "read_texts", "register_family", "tap",
+]

@@ -1,0 +1,106 @@
+"""Writes: what an intervention does to an activation at the positions it selects.
+
+An intervention receives the activation ``x`` (B, T, ...), the (B, T) mask of tokens its `Positions` rule selects
+in this pass, and the `StepContext`; it returns the new activation and never changes ``x`` in place, so autograd
+and the caller's tensors stay intact. Every quantity may differ per row of the batch. The steer pillar builds
+its interventions (ablation, clamping, conditional steering) on this base.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+
+from actkit.core.positions import All, Positions, StepContext
+from actkit.errors import ActkitError
+
+
+class Intervention(ABC):
+    """Base class: subclasses implement `edit`, which returns the new values of every token.
+
+    Arguments:
+        positions: which tokens to change; the others (and padding) keep their values.
+    """
+
+    def __init__(self, positions: Positions | None = None):
+        self.positions: Positions = positions if positions is not None else All()
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if not bool(mask.any()):
+            return x
+        new = self.edit(x, ctx)
+        return torch.where(mask.reshape(*mask.shape, *([1] * (x.dim() - mask.dim()))), new, x)
+
+    @abstractmethod
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor: ...
+
+
+def per_row(value: torch.Tensor | float, x: torch.Tensor, what: str) -> torch.Tensor:
+    """Broadcast a per-site (d,) or per-row (B, d) tensor, or a scalar / (B,) coefficient, against x (B, T, d)."""
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    batch, width = x.shape[0], x.shape[-1]
+    if t.dim() == 0:
+        return t
+    if t.dim() == 1 and what == "coefficient":
+        if t.shape[0] != batch:
+            raise ActkitError(f"{what} has {t.shape[0]} rows but the batch has {batch}; give one per row or a scalar")
+        return t.reshape(batch, *([1] * (x.dim() - 1)))
+    if t.shape[-1] != width:
+        raise ActkitError(f"{what} has size {t.shape[-1]} but the site has size {width}; use a {what} for this site")
+    if t.dim() == 1:
+        return t
+    if t.dim() == 2 and t.shape[0] == batch:
+        return t.reshape(batch, *([1] * (x.dim() - 2)), width)
+    raise ActkitError(f"{what} of shape {tuple(t.shape)} does not fit a batch of {batch} rows of size {width}")
+
+
+class Add(Intervention):
+    """Add ``coef * vector``: the steering move of ActAdd and CAA.
+
+    Arguments:
+        vector: (d,) for every row, or (B, d) one per row.
+        coef: a scalar, or (B,) one per row.
+        positions: which tokens to steer (default all).
+    """
+
+    def __init__(self, vector: torch.Tensor, coef: float | torch.Tensor = 1.0, positions: Positions | None = None):
+        super().__init__(positions)
+        self.vector = vector
+        self.coef = coef
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return x + per_row(self.coef, x, "coefficient") * per_row(self.vector, x, "vector")
+
+
+class Set(Intervention):
+    """Replace the activation with given values: the move of activation patching.
+
+    Arguments:
+        value: a tensor broadcastable to the site's activation, e.g. (B, T, d) from another run, or (d,).
+        positions: which tokens to overwrite.
+    """
+
+    def __init__(self, value: torch.Tensor, positions: Positions | None = None):
+        super().__init__(positions)
+        self.value = value
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        value = self.value.to(device=x.device, dtype=x.dtype)
+        try:
+            return torch.broadcast_to(value, x.shape)
+        except RuntimeError:
+            raise ActkitError(f"cannot patch values of shape {tuple(value.shape)} into an activation of shape "
+                              f"{tuple(x.shape)}") from None
+
+
+class Apply(Intervention):
+    """Apply any function ``fn(x) -> x`` of the activation, at the selected positions only."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], positions: Positions | None = None):
+        super().__init__(positions)
+        self.fn = fn
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self.fn(x)

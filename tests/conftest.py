@@ -1,0 +1,8 @@
+"""Shared fixtures: tiny random models of every family, built from config classes (offline, seeded)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
