@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from tiny import CONFIGS, DECODERS, MOE, build, tokens
 from torch.nn import functional as F
 
 import actkit
 from actkit import Anatomy, Capture, tap
+
+from tiny import CONFIGS, MOE, build, tokens
 
 FAMILIES = list(CONFIGS)
 

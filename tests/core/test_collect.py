@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny import CharTokenizer, build
 
 import actkit
 from actkit import Capture, Mean, NormHistogram, TopK, collect, read_texts
+
+from tiny import CharTokenizer, build
 
 TEXTS = ["the cat sat on the mat", "a dog", "colourless green ideas sleep furiously", "x", "hello world again"]
 

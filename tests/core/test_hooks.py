@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import build, tokens
 from torch import nn
 
 import actkit
 from actkit import Add, All, Apply, At, Capture, From, Generated, Last, Prompt, Read, Set, tap
+
+from tiny import build, tokens
 
 
 class _Shift(nn.Module):

@@ -151,7 +151,7 @@ class Anatomy:
                 raise ActkitError(f"{type(self.model).__name__} has no embedding module at {self.family.embed.path!r}")
             return HookPoint(s, module, self.family.embed.side)
         if s.kind == "logits":
-            head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+            head = output_head(self.model)
             if head is None:
                 raise ActkitError(
                     f"{type(self.model).__name__} has no output head, so it has no 'logits' site; load the model "
@@ -205,7 +205,7 @@ class Anatomy:
         out: list[Site] = [Site("embed")]
         for layer in range(self.n_layers):
             out += self._block_sites(layer)
-        if hasattr(self.model, "get_output_embeddings") and self.model.get_output_embeddings() is not None:
+        if output_head(self.model) is not None:
             out.append(Site("logits"))
         return [s for s in out if kind is None or s.kind == kind]
 
@@ -228,6 +228,13 @@ class Anatomy:
                 raise ActkitError(f"pattern {text!r} matches no site of {type(self.model).__name__}")
             out += matches
         return list(dict.fromkeys(out))
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The module that produces the logits (``lm_head`` and its kin), or None for a bare encoder or decoder."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    return head if isinstance(head, nn.Module) else None
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:

@@ -91,7 +91,7 @@ class Tap:
         self._prompt_len = None
 
     def on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        inputs = dict(zip(self._arg_names, args))
+        inputs = dict(zip(self._arg_names, args, strict=False))
         inputs.update(kwargs)
         self.context = self._context(inputs)
 
@@ -237,7 +237,7 @@ class _Hooks:
 
     def read_experts(self, group: _Group, module: nn.Module, args: tuple, kwargs: dict) -> None:
         names = ["hidden_states", "top_k_index", "top_k_weights"]
-        values = dict(zip(names, args))
+        values = dict(zip(names, args, strict=False))
         values.update({k: v for k, v in kwargs.items() if k in names})
         hidden, index = values["hidden_states"], values["top_k_index"]
         ctx = self.state.context or self.state.fallback_context(hidden[None])
@@ -259,8 +259,8 @@ class _Hooks:
 @contextmanager
 def tap(
     model: nn.Module,
-    read: Mapping[str | Site, Any] | None = None,
-    write: Mapping[str | Site, Intervention | Sequence[Intervention]] | None = None,
+    read: Mapping[str, Any] | Mapping[Site, Any] | None = None,
+    write: Mapping[str, Any] | Mapping[Site, Any] | None = None,
     *,
     prompt_lengths: torch.Tensor | Sequence[int] | None = None,
 ) -> Iterator[Tap]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,6 +35,7 @@ class StepContext:
     prompt_len: torch.Tensor
     documents: torch.Tensor
     offsets: torch.Tensor
+    _where: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -50,9 +51,11 @@ class StepContext:
 
     def where(self) -> torch.Tensor:
         """(B, T, 2) int64 of (document, position in the document) per token, for reducers that report locations."""
-        docs = self.documents[:, None].expand_as(self.positions)
-        pos = torch.where(self.valid, self.positions + self.offsets[:, None], -1)
-        return torch.stack([docs, pos], dim=-1)
+        if self._where is None:
+            docs = self.documents[:, None].expand_as(self.positions)
+            pos = torch.where(self.valid, self.positions + self.offsets[:, None], -1)
+            self._where = torch.stack([docs, pos], dim=-1)
+        return self._where
 
 
 class Positions(ABC):
