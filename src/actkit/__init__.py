@@ -21,10 +21,7 @@ from actkit.core.positions import All, At, From, Generated, Last, Positions, Pro
 from actkit.core.sites import Site
 from actkit.core.stats import ActiveFraction, Covariance, Mean, Moments, NormHistogram, TopK
 from actkit.errors import ActkitError
-try:
-    from actkit.models import load
-except ImportError:  # TEMP while models is written
-    pass
+from actkit.models import load
 
 __version__ = "0.1.0"
 
