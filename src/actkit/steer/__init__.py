@@ -1,0 +1,51 @@
+"""Steering: directions from contrast pairs, written back into the residual stream.
+
+The public API:
+
+- Data: `read_pairs(path)` -> list of `Pair`; `pairs_hash(pairs)`.
+- Directions: `train_vector(model, tokenizer, pairs, layers, method=...)` -> `SteeringVector` (methods
+  ``mean-diff``, ``pca-diff``, ``pca-center``, ``probe``, ``actadd``); `direction(pos, neg, method)` on tensors;
+  `read_activations`; `select_layers(model, tokenizer, pairs)` -> (ranking table, chosen layers).
+- `SteeringVector.to_intervention(coef, positions, relative)` -> writes for ``tap`` or `generate`.
+- Interventions: `Ablate`, `Clamp`, `Conditional` / `conditional` (CAST), `ablation_everywhere`, `combine`.
+- `generate(model, tokenizer, prompts, writes=...)`: batched, left-padded, greedy by default.
+- Files: `save_vector` / `load_vector` (safetensors + JSON metadata), `export_gguf` / `import_gguf` (llama.cpp
+  control vectors), `export_ablated` (a Hugging Face checkpoint with the ablation baked into the weights).
+"""
+
+from __future__ import annotations
+
+from actkit.steer.ablate_export import ablated_copy, export_ablated, residual_writers
+from actkit.steer.directions import (
+    METHODS,
+    actadd,
+    direction,
+    mean_diff,
+    pca_center,
+    pca_diff,
+    probe,
+    read_activations,
+    train_vector,
+)
+from actkit.steer.generate import generate, generate_ids
+from actkit.steer.gguf import export_gguf, import_gguf
+from actkit.steer.interventions import (
+    Ablate,
+    Clamp,
+    Conditional,
+    ConditionGate,
+    ablation_everywhere,
+    combine,
+    conditional,
+)
+from actkit.steer.layers import select_layers
+from actkit.steer.pairs import Pair, pairs_hash, read_pairs
+from actkit.steer.vectors import SteeringVector, check_fits, load_vector, save_vector
+
+__all__ = [
+    "METHODS", "Ablate", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
+    "ablation_everywhere", "actadd", "check_fits", "combine", "conditional", "direction", "export_ablated",
+    "export_gguf", "generate", "generate_ids", "import_gguf", "load_vector", "mean_diff", "pairs_hash",
+    "pca_center", "pca_diff", "probe", "read_activations", "read_pairs", "residual_writers", "save_vector",
+    "select_layers", "train_vector",
+]

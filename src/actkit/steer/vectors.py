@@ -1,0 +1,317 @@
+"""`SteeringVector` and its file format.
+
+A vector file is safetensors (never pickle): one float32 tensor of shape (d,) per block, named ``layers.<i>``
+(i the 0-based block index of the site, ``resid_post`` unless the metadata says otherwise), and in the
+safetensors header two string entries: ``format_version`` and ``actkit``, one JSON object holding the model
+name, a hash of the architecture-relevant config fields (and the fields themselves, so a mismatch can be named),
+the hidden size, block count, site, layers, read positions, method, normalization, data hash and the mean
+residual norms measured while reading (for relative coefficients).
+
+Loading against a model checks what would make the vector wrong or meaningless: a different hidden size or block
+count, or a layer outside the model, is an error; a different model name or other config fields only warn,
+because fine-tunes of one base model share their residual geometry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from actkit.core.interventions import Add, Intervention
+from actkit.core.positions import Positions, parse_positions
+from actkit.core.sites import Site
+from actkit.errors import ActkitError
+
+FORMAT_VERSION = "1"
+#: The config fields that decide whether a vector fits a model (their sha256 is the ``config_hash``).
+CONFIG_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+@dataclass
+class SteeringVector:
+    """Directions in the residual stream, one per block, with the facts needed to use them correctly.
+
+    Arguments:
+        directions: block index -> (d,) float32 tensor (the vector added at coefficient 1).
+        site: the site kind the directions live in (``resid_post``: the output of each block).
+        metadata: JSON-ready facts (method, positions read, ``mean_norms``, model, data hash...); see the module
+            docstring. ``mean_norms`` maps the block index (as a string) to the mean residual norm at read time.
+    """
+
+    directions: dict[int, torch.Tensor]
+    site: str = "resid_post"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.directions:
+            raise ActkitError("a steering vector needs at least one layer")
+        Site.parse(f"{self.site}.0")
+        widths = {int(v.reshape(-1).shape[0]) for v in self.directions.values()}
+        if len(widths) != 1:
+            raise ActkitError(f"the directions have different sizes {sorted(widths)}; all layers need one size")
+        fixed: dict[int, torch.Tensor] = {}
+        for layer, vector in sorted(self.directions.items()):
+            if int(layer) < 0:
+                raise ActkitError(f"layer {layer}: block indices must be non-negative")
+            v = torch.as_tensor(vector).detach().to("cpu", torch.float32).reshape(-1)
+            if not bool(torch.isfinite(v).all()):
+                raise ActkitError(f"the direction of layer {layer} holds NaN or inf")
+            fixed[int(layer)] = v
+        self.directions = fixed
+
+    @property
+    def layers(self) -> list[int]:
+        """The block indices, ascending."""
+        return sorted(self.directions)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self.directions.values())).shape[0])
+
+    def mean_norm(self, layer: int) -> float:
+        """The mean residual norm at `layer` measured when the vector was read (for relative coefficients)."""
+        norms = self.metadata.get("mean_norms") or {}
+        value = norms.get(str(layer), norms.get(layer)) if isinstance(norms, Mapping) else None
+        if value is None or not math.isfinite(float(value)):
+            raise ActkitError(
+                f"the vector has no mean residual norm for layer {layer}, so a relative coefficient is undefined; "
+                "retrain it with actkit or use an absolute coefficient"
+            )
+        return float(value)
+
+    def to_intervention(
+        self,
+        coef: float | torch.Tensor = 1.0,
+        positions: Positions | str | None = None,
+        relative: bool = False,
+    ) -> dict[str, Intervention]:
+        """The writes that steer a model with this vector, for ``tap(model, write=...)`` or `generate`.
+
+        Arguments:
+            coef: the coefficient, a scalar or (B,) one per row of the batch.
+            positions: which tokens to steer (default all, prompt and generated; ``"generated"``, ``"from:K"``...).
+            relative: if True, `coef` is a fraction of the mean residual norm at each layer: the added vector is
+                ``coef * mean_norm[layer] * v / |v|``, so one coefficient means the same strength at every layer
+                and in every model.
+
+        Returns:
+            site -> `Add` intervention, one per layer.
+        """
+        where = parse_positions(positions) if positions is not None else None
+        out: dict[str, Intervention] = {}
+        for layer, vector in sorted(self.directions.items()):
+            v = vector
+            if relative:
+                norm = float(vector.norm())
+                if norm == 0.0:
+                    raise ActkitError(f"the direction of layer {layer} is zero; a relative coefficient needs a direction")
+                v = vector * (self.mean_norm(layer) / norm)
+            out[f"{self.site}.{layer}"] = Add(v, coef=coef, positions=where)
+        return out
+
+
+def config_fields(model: nn.Module) -> dict[str, Any]:
+    """The architecture-relevant config fields of `model` (text config of multimodal models)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ActkitError(f"{type(model).__name__} has no config; actkit needs a Hugging Face model")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    out: dict[str, Any] = {}
+    for key in CONFIG_FIELDS:
+        value = getattr(text, key, None)
+        if value is None and key == "model_type":
+            value = getattr(config, key, None)
+        out[key] = value
+    return out
+
+
+def config_hash(fields: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the config fields, in a canonical JSON form."""
+    text = json.dumps({k: fields.get(k) for k in CONFIG_FIELDS}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_name(model: nn.Module) -> str:
+    """The model's ``name_or_path`` (what `from_pretrained` was given), or its class name."""
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    return str(name) if name else type(model).__name__
+
+
+def model_metadata(model: nn.Module) -> dict[str, Any]:
+    """The facts about `model` a vector file records: name, config fields and their hash, sizes."""
+    fields = config_fields(model)
+    return {
+        "model": model_name(model),
+        "config": fields,
+        "config_hash": config_hash(fields),
+        "hidden_size": fields["hidden_size"],
+        "num_layers": fields["num_hidden_layers"],
+    }
+
+
+def save_vector(vector: SteeringVector, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write `vector` as a safetensors file, atomically (a crash never leaves half a file).
+
+    Arguments:
+        vector: the vector; its metadata must be JSON-serializable.
+        path: the file to write (conventionally ``*.safetensors``); its folder is created if missing.
+        overwrite: replace an existing file (the CLI's ``--force``); otherwise an existing file is an error.
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if p.is_dir():
+        raise ActkitError(f"{str(p)!r} is a folder; give a file name such as vector.safetensors")
+    if p.exists() and not overwrite:
+        raise ActkitError(f"{str(p)!r} already exists; pass --force to overwrite it (overwrite=True in Python)")
+    meta = dict(vector.metadata)
+    meta.update(site=vector.site, layers=vector.layers, hidden_size=vector.hidden_size)
+    try:
+        blob = json.dumps(meta, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ActkitError(f"the vector's metadata cannot be written as JSON: {error}") from None
+    tensors = {f"layers.{layer}": v.contiguous() for layer, v in vector.directions.items()}
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ActkitError(f"cannot create the folder {str(p.parent)!r}: {error.strerror or error}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format_version": FORMAT_VERSION, "actkit": blob})
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def load_vector(path: str | Path, model: nn.Module | None = None) -> SteeringVector:
+    """Read a vector file written by `save_vector`, and check it against `model` when given.
+
+    Arguments:
+        path: the safetensors file.
+        model: the model the vector will steer. A different hidden size or block count, or a layer the model
+            lacks, raises `ActkitError` saying what differs; a different model name or other config fields only
+            warn (`UserWarning`).
+
+    Returns:
+        The `SteeringVector`, float32, on the CPU. Files that are not safetensors, lack actkit's metadata, or
+        hold misnamed, misshapen or non-finite tensors raise `ActkitError`.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise ActkitError(f"vector file {str(p)!r} does not exist")
+    try:
+        with safe_open(str(p), framework="pt") as handle:  # type: ignore[no-untyped-call]
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ActkitError(f"{str(p)!r} is not a readable safetensors file ({error})") from None
+    if "actkit" not in header:
+        raise ActkitError(f"{str(p)!r} has no actkit metadata: it was not written by actkit's save_vector")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ActkitError(f"{str(p)!r} has format version {version!r}; this actkit reads version {FORMAT_VERSION}")
+    try:
+        meta = json.loads(header["actkit"])
+    except json.JSONDecodeError as error:
+        raise ActkitError(f"{str(p)!r}: the actkit metadata is not valid JSON ({error.msg})") from None
+    if not isinstance(meta, dict):
+        raise ActkitError(f"{str(p)!r}: the actkit metadata is not a JSON object")
+    directions = _directions(p, tensors, meta)
+    site = str(meta.get("site", "resid_post"))
+    try:
+        Site.parse(f"{site}.0")
+    except ActkitError as error:
+        raise ActkitError(f"{str(p)!r}: bad site in the metadata: {error}") from None
+    vector = SteeringVector(directions, site=site, metadata=meta)
+    if model is not None:
+        check_fits(vector, model, source=str(p))
+    return vector
+
+
+def _directions(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[int, torch.Tensor]:
+    if not tensors:
+        raise ActkitError(f"{str(p)!r} holds no tensors; a vector file has one tensor 'layers.<i>' per layer")
+    out: dict[int, torch.Tensor] = {}
+    width = meta.get("hidden_size")
+    for name, t in tensors.items():
+        prefix, _, index = name.partition(".")
+        if prefix != "layers" or not index.isdigit():
+            raise ActkitError(f"{str(p)!r}: unexpected tensor {name!r}; tensors must be named 'layers.<i>'")
+        if t.dim() != 1:
+            raise ActkitError(f"{str(p)!r}: tensor {name!r} has shape {tuple(t.shape)}; expected (hidden_size,)")
+        if not t.is_floating_point():
+            raise ActkitError(f"{str(p)!r}: tensor {name!r} has dtype {t.dtype}; expected a float tensor")
+        if width is not None and t.shape[0] != int(width):
+            raise ActkitError(f"{str(p)!r}: tensor {name!r} has size {t.shape[0]} but the metadata says "
+                              f"hidden size {width}")
+        if not bool(torch.isfinite(t).all()):
+            raise ActkitError(f"{str(p)!r}: tensor {name!r} holds NaN or inf; the vector is unusable")
+        out[int(index)] = t.to(torch.float32)
+    listed = meta.get("layers")
+    if isinstance(listed, list) and sorted(int(x) for x in listed) != sorted(out):
+        raise ActkitError(f"{str(p)!r}: the metadata lists layers {listed} but the file holds {sorted(out)}")
+    return out
+
+
+def check_fits(vector: SteeringVector, model: nn.Module, *, source: str = "the vector") -> None:
+    """Raise `ActkitError` if `vector` cannot steer `model`; warn if it was made for a different model.
+
+    Arguments:
+        vector: the vector.
+        model: the model.
+        source: how to name the vector in messages (its file).
+    """
+    here = model_metadata(model)
+    meta = vector.metadata
+    problems: list[str] = []
+    if vector.hidden_size != here["hidden_size"]:
+        problems.append(f"hidden size {vector.hidden_size} in the vector, {here['hidden_size']} in the model")
+    saved_layers = meta.get("num_layers")
+    if saved_layers is not None and here["num_layers"] is not None and int(saved_layers) != int(here["num_layers"]):
+        problems.append(f"{saved_layers} blocks in the model the vector was made for, {here['num_layers']} in this one")
+    n_layers = int(here["num_layers"] or 0)
+    outside = [layer for layer in vector.layers if layer >= n_layers]
+    if outside:
+        problems.append(f"layer(s) {outside} do not exist; the model has blocks 0..{n_layers - 1}")
+    if problems:
+        made_for = meta.get("model", "an unknown model")
+        raise ActkitError(
+            f"{source} (made for {made_for}) does not fit {here['model']}: " + "; ".join(problems)
+        )
+    saved_hash = meta.get("config_hash")
+    if saved_hash is not None and saved_hash != here["config_hash"]:
+        saved = meta.get("config") or {}
+        diffs = [f"{k}: {saved.get(k)!r} in the vector, {here['config'].get(k)!r} in the model"
+                 for k in CONFIG_FIELDS if saved.get(k) != here["config"].get(k)]
+        detail = "; ".join(diffs) or "the config hash differs"
+        warnings.warn(f"{source} was made for a different configuration ({detail}); shapes fit, so it is used",
+                      UserWarning, stacklevel=3)
+    elif meta.get("model") not in (None, here["model"]):
+        warnings.warn(f"{source} was made for {meta.get('model')!r} and is used on {here['model']!r} "
+                      "(same configuration)", UserWarning, stacklevel=3)
+
+
+__all__ = [
+    "CONFIG_FIELDS", "FORMAT_VERSION", "SteeringVector", "check_fits", "config_fields", "config_hash",
+    "load_vector", "model_metadata", "model_name", "save_vector",
+]
