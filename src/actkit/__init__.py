@@ -17,11 +17,22 @@ from actkit.core.anatomy import Anatomy, Experts, Family, Hook, register_family
 from actkit.core.collect import Collection, collect, read_texts
 from actkit.core.hooks import Capture, Read, Tap, tap
 from actkit.core.interventions import Add, Apply, Intervention, Set
-from actkit.core.positions import All, At, From, Generated, Last, Positions, Prompt, StepContext, parse_positions
+from actkit.core.positions import (
+    All,
+    At,
+    From,
+    Generated,
+    Last,
+    Positions,
+    Prompt,
+    StepContext,
+    parse_positions,
+)
 from actkit.core.sites import Site
 from actkit.core.stats import ActiveFraction, Covariance, Mean, Moments, NormHistogram, TopK
 from actkit.errors import ActkitError
 from actkit.models import load
+from actkit.observe import profile
 
 __version__ = "0.1.0"
 
@@ -29,5 +40,5 @@ __all__ = [
     "ActiveFraction", "ActkitError", "Add", "All", "Anatomy", "Apply", "At", "Capture", "Collection",
     "Covariance", "Experts", "Family", "From", "Generated", "Hook", "Intervention", "Last", "Mean", "Moments",
     "NormHistogram", "Positions", "Prompt", "Read", "Set", "Site", "StepContext", "Tap", "TopK", "collect",
-    "load", "parse_positions", "read_texts", "register_family", "tap",
+    "load", "parse_positions", "profile", "read_texts", "register_family", "tap",
 ]

@@ -96,7 +96,8 @@ def _batches(chunks: Iterator[_Chunk], batch_size: int, max_tokens: int | None) 
 
 def _finite_guard(site: str, where: dict[str, int]) -> Callable[[torch.Tensor, torch.Tensor, StepContext], None]:
     def check(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> None:
-        if not bool(torch.isfinite(x[mask]).all()):
+        # a NaN or inf anywhere in a token's vector makes its sum non-finite: one cheap pass, no row copy
+        if not bool(torch.isfinite(x.detach().sum(dim=-1, dtype=torch.float32)[mask]).all()):
             raise ActkitError(
                 f"NaN or inf at site {site} in batch {where['batch']} (documents starting at "
                 f"{where['document']}); the model or its inputs overflow here. Try --dtype float32, or check the "
@@ -191,12 +192,13 @@ class _Bar:
     """A rich progress bar over documents (or tokens when a budget is set)."""
 
     def __init__(self, total_docs: int | None, max_tokens: int | None):
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.by_tokens = max_tokens is not None
         total = max_tokens if self.by_tokens else total_docs
         self.progress = Progress(TextColumn("collect"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), transient=True)
+                                 TimeElapsedColumn(), transient=True, console=Console(stderr=True))
         self.task = self.progress.add_task("collect", total=total, info="")
         self.progress.start()
 

@@ -451,9 +451,30 @@ class NormHistogram(BaseReducer):
         """Number of norms above `hi` (or NaN)."""
         return int(self._hist[-1])
 
+    def update(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, where: torch.Tensor | None = None
+    ) -> None:
+        """Fold in `x` (..., d): norms are taken over every token, then masked, so no rows are copied."""
+        if not x.is_floating_point():
+            raise ActkitError(f"{self._name()}: activations must be a real floating tensor, got {x.dtype}")
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:-1]):
+            raise ActkitError(f"mask shape {tuple(mask.shape)} does not match the activations' token shape "
+                              f"{tuple(x.shape[:-1])} (activations {tuple(x.shape)}); pass a mask with one entry "
+                              "per token")
+        self._set_d(int(x.shape[-1]))
+        norms = torch.linalg.vector_norm(x.detach(), dim=-1, dtype=_work_dtype(x))
+        norms = norms.reshape(-1) if mask is None else norms[mask.bool()]
+        if norms.numel() == 0:
+            return
+        self._accumulate_norms(norms.to(_sum_dtype(x)))
+        self.count += int(norms.numel())
+
     def _accumulate(self, rows: torch.Tensor) -> None:
-        n_b = int(rows.shape[0])
         norms = torch.linalg.vector_norm(rows, dim=-1, dtype=_work_dtype(rows)).to(_sum_dtype(rows))
+        self._accumulate_norms(norms)
+
+    def _accumulate_norms(self, norms: torch.Tensor) -> None:
+        n_b = int(norms.shape[0])
         t = (torch.log(norms) - self._log_lo) / self._g
         t = torch.nan_to_num(t, nan=float(self._nbins), posinf=float(self._nbins), neginf=-1.0)
         idx = torch.floor(t.clamp_(-1.0, float(self._nbins))).long() + 1
@@ -503,15 +524,22 @@ class NormHistogram(BaseReducer):
         if self.count == 0:
             out = [_NAN] * len(qs)
         else:
-            cum = torch.cumsum(self._hist, 0)
+            # numpy's linear rule: interpolate between the order statistics at floor(r) and floor(r) + 1
             ranks = [v * (self.count - 1) for v in qs]
-            bins = torch.searchsorted(cum, torch.tensor(ranks, dtype=_F64), right=True)
-            bins = bins.clamp_(max=self._nbins + 1)
-            out = [
-                self._value_at(b, r, float(cum[b]), float(self._hist[b]))
-                for b, r in zip(bins.tolist(), ranks, strict=True)
-            ]
+            below = [math.floor(r) for r in ranks]
+            above = [min(k + 1, self.count - 1) for k in below]
+            low, high = self._order_statistics(below), self._order_statistics(above)
+            out = [a + (r - k) * (b - a) for a, b, r, k in zip(low, high, ranks, below, strict=True)]
         return out[0] if scalar else out
+
+    def _order_statistics(self, ranks: list[int]) -> list[float]:
+        """Estimates of the k-th smallest norms (0-based), each placed inside its bin."""
+        cum = torch.cumsum(self._hist, 0)
+        bins = torch.searchsorted(cum, torch.tensor(ranks, dtype=_F64), right=True).clamp_(max=self._nbins + 1)
+        return [
+            self._value_at(b, k, float(cum[b]), float(self._hist[b]))
+            for b, k in zip(bins.tolist(), ranks, strict=True)
+        ]
 
     def _value_at(self, b: int, rank: float, cum_b: float, c: float) -> float:
         if rank <= 0.0:
