@@ -195,6 +195,9 @@ def _load_hf(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Config, then the Auto class it calls for, then the tokenizer, from a folder or a hub id."""
     from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a model that loads in a second is noise
 
     offline = hub and (_offline() or not _hub_resolves())
     options: dict[str, Any] = {"local_files_only": True} if offline else {}

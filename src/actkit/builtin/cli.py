@@ -1,0 +1,83 @@
+"""``actkit builtin``: retrain the toy models from their seed, and measure their behaviours."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from actkit.builtin import NAMES, load_builtin
+
+app = typer.Typer(name="builtin", help="The built-in toy models: train them from the seed, evaluate them.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+NameArg = Annotated[str | None, typer.Argument(help=f"One of {', '.join(NAMES)} (default: all).")]
+
+
+def _names(name: str | None) -> list[str]:
+    if name is None:
+        return list(NAMES)
+    short = name.removeprefix("builtin:")
+    if short not in NAMES:
+        typer.echo(f"error: no built-in model {name!r}; the built-in models are {', '.join(NAMES)}", err=True)
+        raise typer.Exit(2)
+    return [short]
+
+
+@app.command("train")
+def train_command(
+    name: NameArg = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder; each model goes to OUT/NAME.")] = Path(
+        "builtin-models"),
+    minutes: Annotated[float, typer.Option("--minutes", help="Wall-clock cap per model; stops early if hit.")] = 20.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer, data order and weights.")] = 0,
+) -> None:
+    """Train toy models from their recipe (the shipped weights came from the default seed)."""
+    from dataclasses import replace
+
+    from actkit.builtin.train import RECIPES, train
+
+    for short in _names(name):
+        recipe = replace(RECIPES[short], seed=seed)
+        record = train(recipe, out / short, minutes=minutes, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"{short}: {record['steps_done']} steps, train loss {record['final_train_loss']}, held-out loss "
+                   f"{record['final_heldout_loss']}, {record['minutes']} min -> {out / short}")
+
+
+@app.command("eval")
+def eval_command(
+    name: NameArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only, on stdout.")] = False,
+    n: Annotated[int, typer.Option("--n", help="Held-out prompts per behaviour.")] = 200,
+    path: Annotated[Path | None, typer.Option("--path", help="Evaluate this folder instead of the shipped "
+                                              "weights (one NAME).")] = None,
+) -> None:
+    """Refusal, sentiment, name-mover, perplexity (and expert specialisation) on held-out prompts."""
+    import torch
+
+    from actkit.builtin.evaluate import evaluate, failures
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    names = _names(name)
+    if path is not None and len(names) != 1:
+        typer.echo("error: --path evaluates one model; give its NAME too", err=True)
+        raise typer.Exit(2)
+    results = {}
+    for short in names:
+        if not as_json:
+            typer.echo(f"evaluating {short} on {n} held-out prompts per behaviour ...", err=True)
+        model, tokenizer = load_builtin(short, path)
+        results[short] = evaluate(model, tokenizer, n=n, moe=short == "toy-moe")
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for short, metrics in results.items():
+        typer.echo(short)
+        for key, value in metrics.items():
+            typer.echo(f"  {key:30s} {value}")
+        missed = failures(metrics)
+        typer.echo("  targets: " + ("all met" if not missed else "MISSED " + "; ".join(missed)))
+    sys.stdout.flush()
