@@ -17,6 +17,7 @@ from tiny import build
 
 runner = CliRunner()
 LAYER_KEYS = {"index", "resid_norm_mean", "resid_norm_p50", "resid_norm_p99", "resid_norm_max"}
+PROFILE_KEYS = {"model", "tokens", "layers", "massive", "logits", "unavailable"}
 
 
 def invoke(*args: str):
@@ -58,12 +59,13 @@ def test_profile_json_schema() -> None:
     result = invoke("profile", "--max-tokens", "200", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # nothing but the JSON on stdout
-    assert set(data) == {"model", "tokens", "layers"}
+    assert PROFILE_KEYS <= set(data)
     assert data["model"] == cli.DEFAULT_MODEL
     assert data["tokens"] == 200
     model, _ = actkit.load(cli.DEFAULT_MODEL)
     assert [layer["index"] for layer in data["layers"]] == list(range(actkit.Anatomy.of(model).n_layers))
-    assert all(set(layer) == LAYER_KEYS for layer in data["layers"])
+    assert all(LAYER_KEYS <= set(layer) for layer in data["layers"])
+    assert all({"sparsity", "signal", "magnitude", "attn_logit_max"} <= set(layer) for layer in data["layers"])
 
 
 def test_profile_table() -> None:
@@ -71,7 +73,7 @@ def test_profile_table() -> None:
     assert result.exit_code == 0, result.output
     assert f"model {cli.DEFAULT_MODEL}" in result.stdout
     assert "family llama" in result.stdout and "100 tokens" in result.stdout
-    for column in ("block", "mean", "p50", "p99", "max"):
+    for column in ("block", "mean", "p50", "p99", "max", "attn_out", "mlp_out", "near 0", "dead/on", "massive"):
         assert column in result.stdout
 
 
@@ -81,6 +83,9 @@ def test_profile_out_refuses_overwrite(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     written = json.loads((out / "profile.json").read_text())
     assert written == json.loads(first.stdout)
+    assert {"report.html", "norms.png", "magnitudes.png", "sparsity.png", "signal.png"} <= {
+        p.name for p in out.iterdir()}
+    assert 'src="magnitudes.png"' in (out / "report.html").read_text()
     again = invoke("profile", "--max-tokens", "60", "--out", str(out))
     assert_bad_input(again, "already exists", "--force")
     assert json.loads((out / "profile.json").read_text())["tokens"] == 50  # untouched
@@ -106,11 +111,34 @@ def test_profile_bad_input(tmp_path: Path) -> None:
     assert_bad_input(invoke("profile", "--text", str(tmp_path / "missing.txt")), "does not exist")
     assert_bad_input(invoke("profile", "--max-tokens", "0"), "--max-tokens", "positive")
     assert_bad_input(invoke("profile", "--batch-size", "0"), "--batch-size")
+    assert_bad_input(invoke("profile", "--top-k", "0"), "--top-k")
+    assert_bad_input(invoke("profile", "--sparsity-eps", "0"), "--sparsity-eps")
     assert_bad_input(invoke("profile", "--model", str(tmp_path / "no-such-model")), "no-such-model")
     assert_bad_input(invoke("profile", "--dtype", "int8"), "int8")
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     assert_bad_input(invoke("profile", "--out", str(not_a_folder)), "is a file")
+
+
+def test_profile_without_matplotlib_still_writes_the_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = invoke("profile", "--max-tokens", "40", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "pip install 'actkit[report]'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["profile.json", "report.html"]
+
+
+def test_profile_massive_intervention_flag() -> None:
+    result = invoke("profile", "--max-tokens", "60", "--massive-intervention", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "massive_intervention" in data
+    if data["massive_intervention"] is None:  # the default model may have no massive activation
+        assert "massive_intervention" in data["unavailable"]
+    else:
+        assert set(data["massive_intervention"]["perplexity"]) == {"original", "zero", "mean"}
 
 
 def test_unknown_option_is_a_usage_error() -> None:
@@ -125,6 +153,12 @@ def test_profile_encoder_and_moe_folders(folders: dict[str, Path]) -> None:
         assert data["tokens"] == 300
         assert len(data["layers"]) == 3, family
         assert all(layer["resid_norm_max"] >= layer["resid_norm_p99"] > 0 for layer in data["layers"])
+        assert all(layer["attn_logit_max"] is not None for layer in data["layers"])
+        if family == "mixtral":
+            assert all(layer["router"]["experts"] == 4 for layer in data["layers"])
+            assert "sparsity" in data["unavailable"]
+        else:
+            assert all(layer["sparsity"]["neurons"] == 96 for layer in data["layers"])
 
 
 def test_sites(folders: dict[str, Path]) -> None:

@@ -9,7 +9,8 @@ The public API:
 - Positions (`All`, `Last`, `Prompt`, `Generated`, `From`, `At`) and interventions (`Add`, `Set`, `Apply`).
 - Streaming reducers (`Mean`, `Moments`, `NormHistogram`, `TopK`, `ActiveFraction`, `Covariance`).
 - `collect(model, texts, sites, reducers, tokenizer=...)`: run a model over texts and reduce activations.
-- `profile(model, tokenizer, texts)`: the per-block residual-norm profile behind ``actkit profile``.
+- `profile(model, tokenizer, texts)`: the per-block activation profile behind ``actkit profile`` (norms, massive
+  activations, sparsity, signal propagation, attention logits, log Z, router load).
 """
 
 from actkit.core import families as _families  # noqa: F401  (registers the anatomy tables)
