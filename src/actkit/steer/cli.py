@@ -1,0 +1,384 @@
+"""``actkit vector`` (train, inspect, export) and ``actkit generate``: steering from the command line.
+
+Thin over `actkit.steer`: every option maps to an argument of `train_vector`, `select_layers`,
+`SteeringVector.to_intervention`, `generate`, `save_vector` or `export_gguf`. The conventions of ``actkit.cli``
+hold: the default model is ``DEFAULT_MODEL``; ``--json`` prints JSON alone on stdout; bad input ends as
+``error: <message>`` on stderr with exit status 2; nothing is overwritten without ``--force``.
+
+``actkit.cli`` imports this module while it registers its sub-commands, so this module reaches back into it
+only inside functions (never at import time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from actkit.errors import ActkitError
+
+#: The pairs files shipped with actkit, by the name ``--pairs builtin:NAME`` takes.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def _default_model() -> str:
+    from actkit.cli import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _shown_default() -> str | bool:
+    """The default model for ``--help`` when ``actkit.cli`` is loading us (the usual way), else click's marker."""
+    return getattr(sys.modules.get("actkit.cli"), "DEFAULT_MODEL", True)
+
+
+ModelOption = Annotated[str, typer.Option(
+    "--model", "-m", default_factory=_default_model, show_default=_shown_default(),
+    help="builtin:NAME, a local folder, a .gguf file, a hub id, or a packaged model (smollm2-135m-instruct).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON only, on stdout.")]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16 or float16.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
+
+vector_app = typer.Typer(
+    name="vector",
+    help="Steering vectors: train one from contrast pairs, inspect a file, export it for llama.cpp.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@contextmanager
+def _bad_input() -> Iterator[None]:
+    """`actkit.cli`'s convention (message on stderr, exit 2); after success, warnings (a vector made for another
+    model of the same shape) become ``warning:`` lines on stderr."""
+    from actkit.cli import _bad_input as root_bad_input
+
+    with root_bad_input(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                _stderr().print(Text.assemble(("warning:", "bold yellow"), " ", str(w.message)))
+
+
+def _stdout() -> Console:
+    return Console(soft_wrap=True)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+def pairs_path(spec: str) -> Path:
+    """A pairs file: ``builtin:NAME`` for a file shipped with actkit (``builtin:sentiment``), else a path."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        path = DATA_DIR / f"{name}.jsonl"
+        if not name or "/" in name or not path.is_file():
+            shipped = ", ".join(f"builtin:{p.stem}" for p in sorted(DATA_DIR.glob("*.jsonl")))
+            raise ActkitError(f"no shipped pairs file {spec!r}; shipped: {shipped}")
+        return path
+    return Path(spec)
+
+
+def parse_layers(text: str) -> list[int] | None:
+    """``"3,5"`` -> [3, 5]; ``"all"`` -> None (every block); negative indices count from the end."""
+    key = text.strip().lower()
+    if key == "all":
+        return None
+    try:
+        layers = [int(part) for part in key.split(",") if part.strip()]
+    except ValueError:
+        raise ActkitError(f"--layers {text!r}: give 'auto', 'all' or block indices such as 3 or 3,5") from None
+    if not layers:
+        raise ActkitError("--layers is empty; give 'auto', 'all' or block indices such as 3,5")
+    return layers
+
+
+def _check_output(path: Path, force: bool) -> None:
+    """Refuse before any work: an existing file without --force, or a folder."""
+    if path.is_dir():
+        raise ActkitError(f"{str(path)!r} is a folder; give a file name")
+    if path.exists() and not force:
+        raise ActkitError(f"{str(path)!r} already exists; pass --force to overwrite it")
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+@vector_app.command("train")
+def train_command(
+    pairs: Annotated[str, typer.Option("--pairs", "-p", help="JSONL file of {\"positive\", \"negative\"} lines "
+                                       "(or CAA's A/B lines), or a shipped file: builtin:sentiment, "
+                                       "builtin:weddings.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The vector file to write (safetensors).")],
+    model: ModelOption,
+    layers: Annotated[str, typer.Option("--layers", "-l", help="'auto' (rank blocks by held-out separation and "
+                                        "train at the best), 'all', or block indices such as 3 or 3,5 "
+                                        "(negative from the end).")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="mean-diff, pca-diff, pca-center, probe or actadd.")
+                      ] = "mean-diff",
+    site: Annotated[str, typer.Option("--site", help="The site kind read and later steered.")] = "resid_post",
+    read_position: Annotated[str, typer.Option("--read-position", help="Tokens whose mean gives a text's "
+                                               "activation: last, all, from:K.")] = "last",
+    top: Annotated[int, typer.Option("--top", help="With --layers auto: how many of the best blocks to use.")
+                   ] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 8,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Train a steering vector from contrast pairs and write it as a safetensors file."""
+    from actkit.models import load
+    from actkit.steer import METHODS, read_pairs, save_vector, select_layers, train_vector
+
+    with _bad_input():
+        if method not in METHODS:
+            raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
+        if batch_size <= 0:
+            raise ActkitError(f"--batch-size must be a positive number of texts (got {batch_size})")
+        if top <= 0:
+            raise ActkitError(f"--top must be a positive number of blocks (got {top})")
+        auto = layers.strip().lower() == "auto"
+        chosen = None if auto else parse_layers(layers)
+        _check_output(out, force)
+        items = read_pairs(pairs_path(pairs))
+        loaded, tokenizer = load(model, dtype=dtype, device=device)
+        ranking = None
+        if auto:
+            ranking, chosen = select_layers(loaded, tokenizer, items, top=top, site=site,
+                                            read_position=read_position, batch_size=batch_size)
+        vector = train_vector(loaded, tokenizer, items, chosen, method=method, site=site,
+                              read_position=read_position, batch_size=batch_size)
+        save_vector(vector, out, overwrite=force)
+    norms = {str(layer): float(v.norm()) for layer, v in vector.directions.items()}
+    mean_norms = {str(k): float(v) for k, v in (vector.metadata.get("mean_norms") or {}).items()}
+    if as_json:
+        typer.echo(json.dumps({
+            "out": str(out), "model": model, "method": method, "site": site, "layers": vector.layers,
+            "read_position": read_position, "n_pairs": len(items), "data_hash": vector.metadata["data_hash"],
+            "norms": norms, "mean_norms": mean_norms, "ranking": ranking,
+        }, indent=2))
+        return
+    console = _stdout()
+    if ranking is not None:
+        console.print(_ranking_table(ranking, vector.layers))
+    for layer in vector.layers:
+        ratio = norms[str(layer)] / mean_norms[str(layer)] if mean_norms.get(str(layer)) else None
+        console.print(Text(f"{site}.{layer}: |v| = {_num(norms[str(layer)])}, mean residual norm "
+                           f"{_num(mean_norms.get(str(layer)))} (|v| is {_num(ratio, 3)} of it)"), highlight=False)
+    console.print(Text(f"wrote {out}: {method} from {len(items)} pairs of {pairs}, read at {read_position}, "
+                       f"layers {', '.join(map(str, vector.layers))}"), highlight=False)
+
+
+def _ranking_table(ranking: list[dict[str, Any]], chosen: list[int]) -> Table:
+    table = Table(title="layer ranking: a mean-diff direction trained on part of the pairs, tested on the rest "
+                  f"({ranking[0]['train_pairs']} / {ranking[0]['held_out_pairs']} pairs)", title_justify="left")
+    for name in ("rank", "layer", "accuracy", "consistency", "score", "|v|", ""):
+        table.add_column(name, justify="right")
+    for row in ranking:
+        table.add_row(str(row["rank"]), str(row["layer"]), f"{row['accuracy']:.3f}", f"{row['consistency']:.3f}",
+                      f"{row['score']:.3f}", _num(row["direction_norm"]),
+                      "chosen" if row["layer"] in chosen else "")
+    return table
+
+
+def _read_vector(path: Path, model: Any = None) -> tuple[Any, str]:
+    """A vector from a safetensors file, or from a llama.cpp GGUF control vector (by its suffix)."""
+    from actkit.steer import import_gguf, load_vector
+
+    if path.suffix.lower() == ".gguf":
+        return import_gguf(path, model), "gguf"
+    return load_vector(path, model), "safetensors"
+
+
+@vector_app.command("inspect")
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="A vector file (.safetensors, or a .gguf control vector).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also check that the vector fits this "
+                                              "model.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a vector file: what it was trained on, its layers and their norms."""
+    with _bad_input():
+        loaded = None
+        if model is not None:
+            from actkit.models import load
+
+            loaded, _ = load(model)
+        vector, kind = _read_vector(path, loaded)
+    meta = vector.metadata
+    mean_norms = meta.get("mean_norms") or {}
+    rows = []
+    for layer in vector.layers:
+        norm = float(vector.directions[layer].norm())
+        mean = mean_norms.get(str(layer)) if isinstance(mean_norms, dict) else None
+        rows.append({"layer": layer, "norm": norm, "mean_norm": None if mean is None else float(mean),
+                     "relative": None if not mean else norm / float(mean)})
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), "format": kind, "site": vector.site, "layers": vector.layers,
+                               "hidden_size": vector.hidden_size, "norms": rows, "metadata": meta}, indent=2))
+        return
+    console = _stdout()
+    facts = [("model", meta.get("model", meta.get("model_hint"))), ("method", meta.get("method")),
+             ("normalization", meta.get("normalization")), ("site", vector.site),
+             ("read positions", meta.get("read_positions")), ("pairs", meta.get("n_pairs")),
+             ("data hash", meta.get("data_hash")), ("hidden size", vector.hidden_size), ("format", kind)]
+    for name, value in facts:
+        if value is not None:
+            console.print(Text.assemble((f"{name:>15}", "bold"), f"  {value}"), highlight=False)
+    table = Table(title_justify="left")
+    for name in ("layer", "|v|", "mean residual norm", "|v| / mean norm"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(str(row["layer"]), _num(row["norm"]), _num(row["mean_norm"]), _num(row["relative"], 3))
+    console.print(table)
+
+
+@vector_app.command("export")
+def export_command(
+    path: Annotated[Path, typer.Argument(help="The vector file to export (.safetensors).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="Target format: gguf (a llama.cpp control "
+                                        "vector).")] = "gguf",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The file to write (default: PATH with the "
+                                             "format's suffix).")] = None,
+    model_hint: Annotated[str | None, typer.Option("--model-hint", help="controlvector.model_hint (default: the "
+                                                   "model type the vector was trained on).")] = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Export a vector to another tool's format (llama.cpp: --control-vector-scaled FILE STRENGTH)."""
+    from actkit.steer import export_gguf, load_vector
+
+    with _bad_input():
+        if format.lower() != "gguf":
+            raise ActkitError(f"unknown --format {format!r}; the supported format is gguf")
+        target = out if out is not None else path.with_suffix(".gguf")
+        if target.resolve() == path.resolve():
+            raise ActkitError(f"the output {str(target)!r} is the input file; give another --out")
+        _check_output(target, force)
+        vector = load_vector(path)
+        export_gguf(vector, target, overwrite=force, model_hint=model_hint)
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), "out": str(target), "format": "gguf", "layers": vector.layers},
+                              indent=2))
+        return
+    _stdout().print(Text(f"wrote {target}: {len(vector.layers)} direction(s) at blocks "
+                         f"{', '.join(map(str, vector.layers))}; use it with llama.cpp's "
+                         f"--control-vector-scaled {target} 1.0"), highlight=False)
+
+
+def generate_command(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeat for a batch).")],
+    model: ModelOption,
+    vector: Annotated[Path | None, typer.Option("--vector", "-v", help="A steering vector file (.safetensors "
+                                                "or a .gguf control vector).")] = None,
+    coef: Annotated[float | None, typer.Option("--coef", "-c", help="Steering coefficient (default 1 with "
+                                               "--vector); 0 is the plain model.")] = None,
+    relative: Annotated[bool, typer.Option("--relative", help="--coef is a fraction of the mean residual norm "
+                                           "at each layer, not a multiple of the vector.")] = False,
+    layers: Annotated[str | None, typer.Option("--layers", "-l", help="Steer only these of the vector's "
+                                               "layers, such as 3 or 3,5.")] = None,
+    positions: Annotated[str, typer.Option("--positions", help="Tokens to steer: all, prompt, generated, "
+                                           "from:K.")] = "all",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate at most.")
+                              ] = 32,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature (with "
+                                                      "--sample; default 1).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass (with --sample; "
+                                                "default 1).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed (with --sample).")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt as a user turn with the model's chat "
+                                       "template.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Also generate without the vector, side by side.")
+                       ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per prompt, one per line.")
+                       ] = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Generate a continuation of each prompt, optionally steered by a vector (greedy unless --sample)."""
+    from actkit.core.positions import parse_positions
+    from actkit.models import load
+    from actkit.steer import SteeringVector, generate
+
+    with _bad_input():
+        if vector is None:
+            for name, given in (("--coef", coef is not None), ("--relative", relative), ("--layers", layers),
+                                ("--compare", compare)):
+                if given:
+                    raise ActkitError(f"{name} needs --vector")
+        if not sample:
+            for name, value in (("--temperature", temperature), ("--top-p", top_p), ("--seed", seed)):
+                if value is not None:
+                    raise ActkitError(f"{name} needs --sample (decoding is greedy otherwise)")
+        if max_new_tokens < 1:
+            raise ActkitError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+        if temperature is not None and not 0 < temperature < math.inf:
+            raise ActkitError(f"--temperature must be a positive number (got {temperature})")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ActkitError(f"--top-p must lie in (0, 1] (got {top_p})")
+        strength = 1.0 if coef is None else coef
+        if not math.isfinite(strength):
+            raise ActkitError(f"--coef must be a finite number (got {coef})")
+        where = parse_positions(positions)
+        loaded, tokenizer = load(model, dtype=dtype, device=device)
+        writes = None
+        steer = None
+        if vector is not None:
+            steer, _ = _read_vector(vector, loaded)
+            if layers is not None:
+                wanted = parse_layers(layers) or steer.layers
+                n = int(steer.metadata.get("num_layers") or 0)
+                wanted = [w + n if w < 0 and n else w for w in wanted]
+                missing = [w for w in wanted if w not in steer.directions]
+                if missing:
+                    raise ActkitError(f"--layers {layers}: the vector has no direction at block(s) {missing}; "
+                                      f"it has {', '.join(map(str, steer.layers))}")
+                steer = SteeringVector({w: steer.directions[w] for w in wanted}, site=steer.site,
+                                       metadata=steer.metadata)
+            writes = steer.to_intervention(strength, positions=where, relative=relative)
+        options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, chat=chat,
+                                       temperature=1.0 if temperature is None else temperature,
+                                       top_p=1.0 if top_p is None else top_p, seed=seed)
+        completions = generate(loaded, tokenizer, prompt, writes=writes, **options)
+        plain = generate(loaded, tokenizer, prompt, **options) if compare else None
+    settings = {"model": model, "vector": None if vector is None else str(vector),
+                "coef": None if vector is None else strength, "relative": relative,
+                "layers": None if steer is None else steer.layers, "positions": positions,
+                "max_new_tokens": max_new_tokens, "sample": sample, "chat": chat}
+    if as_json:
+        for i, (p, c) in enumerate(zip(prompt, completions, strict=True)):
+            row: dict[str, Any] = {"prompt": p, "completion": c}
+            if plain is not None:
+                row["unsteered"] = plain[i]
+            typer.echo(json.dumps({**row, **settings}))
+        return
+    console = _stdout()
+    for i, (p, c) in enumerate(zip(prompt, completions, strict=True)):
+        if plain is None:
+            console.print(Text.assemble((p, "bold"), c))
+        else:
+            console.print(Text(p, style="bold"))
+            console.print(Text.assemble(("  unsteered: ", "dim"), plain[i].strip()))
+            console.print(Text.assemble((f"  steered ({strength:g}): ", "dim"), c.strip()))
+
+
+__all__ = ["DATA_DIR", "generate_command", "pairs_path", "parse_layers", "vector_app"]
