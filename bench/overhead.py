@@ -21,7 +21,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +28,8 @@ import transformers
 
 from actkit import Anatomy, Capture, NormHistogram, Read, tap
 from actkit.core.collect import _finite_guard
+
+from machine import cpu_model
 
 VOCAB = 8192
 
@@ -39,15 +40,6 @@ def build_model(device: str) -> torch.nn.Module:
                                       intermediate_size=1376, vocab_size=VOCAB, max_position_embeddings=512)
     return transformers.LlamaForCausalLM(config).eval().to(device)
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def variants(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Callable[[], None]]:

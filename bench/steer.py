@@ -26,7 +26,6 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +36,8 @@ from actkit import load
 from actkit.core.positions import StepContext
 from actkit.steer import generate_ids, read_pairs, train_vector
 from actkit.steer.cli import DATA_DIR
+
+from machine import cpu_model
 
 PROMPTS = {
     "builtin:toy-dense": ["Anna reviewed the hotel, 1 stars:", "Tom reviewed the gym:",
@@ -51,15 +52,6 @@ PROMPTS = {
 #: Pairs file, layer and read position of the vector each model is steered with.
 SETUP = {"builtin:toy-dense": ("toy-sentiment", 3, "last"), "smollm2-135m-instruct": ("sentiment", 12, "from:1")}
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
