@@ -22,7 +22,6 @@ ablation on a short probe input before anything is written.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from torch import nn
 from actkit.core.anatomy import Anatomy, output_head
 from actkit.core.hooks import tap
 from actkit.errors import ActkitError
+from actkit.models.checkpoint import check_output_folder, save_checkpoint
 from actkit.steer.interventions import ablation_everywhere
 from actkit.steer.vectors import SteeringVector, model_name
 
@@ -252,11 +252,7 @@ def export_ablated(
     Returns:
         The folder written, loadable by ``from_pretrained``.
     """
-    folder = Path(out_dir)
-    if folder.exists() and not folder.is_dir():
-        raise ActkitError(f"{str(folder)!r} is a file; give a folder for the checkpoint")
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise ActkitError(f"{str(folder)!r} is not empty; pass --force to write into it (overwrite=True in Python)")
+    check_output_folder(out_dir, overwrite)
     clone, report = ablated_copy(model, direction, layer=layer)
     if verify:
         r = torch.tensor(report["direction"], dtype=torch.float64)
@@ -269,13 +265,8 @@ def export_ablated(
                 f"the ablated weights of {type(model).__name__} differ from runtime ablation (max logit difference "
                 f"{diff:.3g}); this architecture has a residual writer actkit does not know: use runtime ablation"
             )
-    folder.mkdir(parents=True, exist_ok=True)
-    clone_any: Any = clone
-    clone_any.save_pretrained(folder)
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(folder)
-    (folder / ABLATION_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return folder
+    return save_checkpoint(clone, out_dir, report_name=ABLATION_FILE, report=report, tokenizer=tokenizer,
+                           overwrite=overwrite)
 
 
 __all__ = ["ABLATION_FILE", "OUTPUT_PROJECTIONS", "ablated_copy", "export_ablated", "residual_writers"]
