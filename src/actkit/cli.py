@@ -308,11 +308,13 @@ def _ranges(values: list[int]) -> str:
 def _register_pillars() -> None:
     """Sub-command groups that live with their pillar, so this file stays a thin index."""
     from actkit.builtin.cli import app as builtin_app
+    from actkit.compress.cli import prune_app
     from actkit.steer.cli import generate_command, vector_app
 
     app.add_typer(builtin_app, name="builtin")
     app.add_typer(vector_app, name="vector")
     app.command("generate")(generate_command)
+    app.add_typer(prune_app, name="prune")
 
 
 _register_pillars()
