@@ -28,7 +28,8 @@ from actkit.core.sites import SITE_KINDS, Site
 from actkit.errors import ActkitError
 from actkit.models import load
 from actkit.observe.default_text import default_texts
-from actkit.observe.profile import PROFILE_FILE, REPORT_FILE, check_writable, profile, to_json, write_report
+from actkit.observe.profile import PROFILE_FILE, REPORT_FILE, profile, report_files, write_report
+from actkit.report.files import check_writable, to_json
 
 #: The model every command uses when ``--model`` is not given (switch to the trained toy model once it ships).
 DEFAULT_MODEL = "builtin:toy-dense"
@@ -123,7 +124,7 @@ def profile_command(
             raise ActkitError(f"--sparsity-eps must be a positive number (got {sparsity_eps})")
         texts = read_texts(text) if text is not None else default_texts()
         if out is not None:
-            check_writable(out, overwrite=force)
+            check_writable(out, report_files(), overwrite=force)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         anatomy = Anatomy.of(loaded)
         result = profile(loaded, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size,

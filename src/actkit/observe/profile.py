@@ -13,11 +13,7 @@ number of tokens. The JSON it returns is documented in ``README.md`` next to thi
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -42,6 +38,7 @@ from actkit.observe.reducers import (
     RelativeActivity,
     RouterStats,
 )
+from actkit.report.files import check_writable, make_folder, publish, staging, to_json
 
 PROFILE_FILE = "profile.json"
 REPORT_FILE = "report.html"
@@ -340,11 +337,11 @@ def write_profile(result: dict[str, Any], out_dir: str | Path, *, overwrite: boo
         The path written.
     """
     folder = Path(out_dir)
-    check_writable(folder, overwrite=overwrite, names=[PROFILE_FILE])
-    _make_folder(folder)
-    with _staging(folder) as stage:
+    check_writable(folder, [PROFILE_FILE], overwrite=overwrite)
+    make_folder(folder)
+    with staging(folder) as stage:
         (stage / PROFILE_FILE).write_text(to_json(result) + "\n", encoding="utf-8")
-        return _publish(stage, folder, [PROFILE_FILE])[0]
+        return publish(stage, folder, [PROFILE_FILE])[0]
 
 
 @dataclass
@@ -373,9 +370,9 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, overwrite: bool
     from actkit.report import html, plots
 
     folder = Path(out_dir)
-    check_writable(folder, overwrite=overwrite)
-    _make_folder(folder)
-    with _staging(folder) as stage:
+    check_writable(folder, report_files(), overwrite=overwrite)
+    make_folder(folder)
+    with staging(folder) as stage:
         try:
             images = plots.write_plots(result, stage)
             skipped = None
@@ -383,7 +380,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path, *, overwrite: bool
             images, skipped = [], str(error)
         (stage / REPORT_FILE).write_text(html.render(result, images, skipped), encoding="utf-8")
         (stage / PROFILE_FILE).write_text(to_json(result) + "\n", encoding="utf-8")
-        return Report(_publish(stage, folder, [*images, REPORT_FILE, PROFILE_FILE]), skipped)
+        return Report(publish(stage, folder, [*images, REPORT_FILE, PROFILE_FILE]), skipped)
 
 
 def report_files() -> list[str]:
@@ -393,68 +390,3 @@ def report_files() -> list[str]:
     return [PROFILE_FILE, REPORT_FILE, *PLOT_FILES]
 
 
-def check_writable(out_dir: str | Path, *, overwrite: bool = False, names: Sequence[str] | None = None) -> None:
-    """Fail before any work is done when ``out_dir`` already holds report files and `overwrite` is off.
-
-    Arguments:
-        out_dir: the folder.
-        overwrite: allow replacing existing files.
-        names: the file names to check (default every file `write_report` writes).
-    """
-    folder = Path(out_dir)
-    if folder.exists() and not folder.is_dir():
-        raise ActkitError(f"output folder {str(folder)!r} is a file; give a folder for --out")
-    if overwrite:
-        return
-    taken = [name for name in (names or report_files()) if (folder / name).exists()]
-    if taken:
-        more = f" (and {len(taken) - 1} more report files)" if len(taken) > 1 else ""
-        raise ActkitError(f"{str(folder / taken[0])!r} already exists{more}; pass --force to overwrite "
-                          "(overwrite=True in Python)")
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ActkitError(f"cannot create the output folder {str(folder)!r}: {error.strerror or error}") from None
-
-
-class _staging:
-    """A hidden temporary folder inside `folder` (same file system, so moves out of it are atomic renames)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.path: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.path = Path(tempfile.mkdtemp(prefix=".actkit-", suffix=".tmp", dir=self.folder))
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        if self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _publish(stage: Path, folder: Path, names: Sequence[str]) -> list[Path]:
-    out = []
-    for name in names:
-        os.replace(stage / name, folder / name)
-        out.append(folder / name)
-    return out
-
-
-def to_json(result: dict[str, Any]) -> str:
-    """`result` as strict, indented JSON (NaN and infinity, which JSON lacks, become null)."""
-    return json.dumps(_finite(result), indent=2)
-
-
-def _finite(value: Any) -> Any:
-    """Strict JSON has no NaN or infinity; write them as null rather than produce a file parsers reject."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

@@ -26,9 +26,9 @@ from rich.table import Table
 from rich.text import Text
 
 from actkit.errors import ActkitError
+from actkit.steer.pairs import DATA_DIR, pairs_path
 
 #: The pairs files shipped with actkit, by the name ``--pairs builtin:NAME`` takes.
-DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def _default_model() -> str:
@@ -79,18 +79,6 @@ def _stdout() -> Console:
 
 def _stderr() -> Console:
     return Console(stderr=True, soft_wrap=True)
-
-
-def pairs_path(spec: str) -> Path:
-    """A pairs file: ``builtin:NAME`` for a file shipped with actkit (``builtin:sentiment``), else a path."""
-    if spec.startswith("builtin:"):
-        name = spec.removeprefix("builtin:")
-        path = DATA_DIR / f"{name}.jsonl"
-        if not name or "/" in name or not path.is_file():
-            shipped = ", ".join(f"builtin:{p.stem}" for p in sorted(DATA_DIR.glob("*.jsonl")))
-            raise ActkitError(f"no shipped pairs file {spec!r}; shipped: {shipped}")
-        return path
-    return Path(spec)
 
 
 def parse_layers(text: str) -> list[int] | None:

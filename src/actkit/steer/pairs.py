@@ -22,6 +22,9 @@ from typing import Any
 
 from actkit.errors import ActkitError
 
+#: The pairs files shipped with actkit, named ``builtin:NAME`` on the command line.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
 _CAA_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 
 
@@ -123,4 +126,16 @@ def pairs_hash(pairs: Iterable[Pair]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["Pair", "as_pairs", "pairs_hash", "parse_pair", "read_pairs"]
+def pairs_path(spec: str) -> Path:
+    """A pairs file: ``builtin:NAME`` for a file shipped with actkit (``builtin:sentiment``), else a path."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        path = DATA_DIR / f"{name}.jsonl"
+        if not name or "/" in name or not path.is_file():
+            shipped = ", ".join(f"builtin:{p.stem}" for p in sorted(DATA_DIR.glob("*.jsonl")))
+            raise ActkitError(f"no shipped pairs file {spec!r}; shipped: {shipped}")
+        return path
+    return Path(spec)
+
+
+__all__ = ["DATA_DIR", "Pair", "as_pairs", "pairs_hash", "pairs_path", "parse_pair", "read_pairs"]
