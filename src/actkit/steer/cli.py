@@ -28,8 +28,6 @@ from rich.text import Text
 from actkit.errors import ActkitError
 from actkit.steer.pairs import DATA_DIR, pairs_path
 
-#: The pairs files shipped with actkit, by the name ``--pairs builtin:NAME`` takes.
-
 
 def _default_model() -> str:
     from actkit.cli import DEFAULT_MODEL

@@ -75,6 +75,7 @@ def export_gguf(vector: SteeringVector, path: str | Path, *, overwrite: bool = F
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a vector file should read like any file
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

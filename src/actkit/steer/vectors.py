@@ -194,6 +194,7 @@ def save_vector(vector: SteeringVector, path: str | Path, *, overwrite: bool = F
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format_version": FORMAT_VERSION, "actkit": blob})
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a vector file should read like any file
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
