@@ -1,8 +1,28 @@
-"""``actkit prune``: one group for the pruning commands (``weights``, ``experts``), thin over the Python API."""
+"""``actkit prune``: one group for the pruning commands (``weights``, ``experts``), thin over the Python API.
+
+``actkit.cli`` imports this module while it registers its sub-commands, so this module reaches back into it only
+inside functions (never at import time). The conventions of ``actkit.cli`` hold: ``--json`` prints JSON alone on
+stdout; bad input ends as ``error: <message>`` on stderr with exit status 2; an existing output folder is only
+replaced with ``--force``. A new pruning command is one ``@prune_app.command(...)`` function here (or registered
+from its own module with ``prune_app.command("name")(function)``).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from actkit.compress.calibration import DEFAULT_DOCUMENTS
+from actkit.errors import ActkitError
 
 prune_app = typer.Typer(
     help="Prune a model: weights scored by activation norms, or whole MoE experts; export a checkpoint.",
@@ -10,3 +30,169 @@ prune_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+#: Held-out documents of the built-in corpus scored before and after pruning (0 turns the check off).
+EVAL_DOCUMENTS = 64
+
+
+def _default_model() -> str:
+    from actkit.cli import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _shown_default() -> str | bool:
+    """The default model for ``--help`` when ``actkit.cli`` is loading us (the usual way), else click's marker."""
+    return getattr(sys.modules.get("actkit.cli"), "DEFAULT_MODEL", True)
+
+
+ModelOption = Annotated[str, typer.Option(
+    "--model", "-m", default_factory=_default_model, show_default=_shown_default(),
+    help="builtin:NAME, a local folder, a .gguf file, a hub id, or a packaged model (smollm2-135m-instruct).")]
+
+
+@contextmanager
+def _bad_input() -> Iterator[None]:
+    from actkit.cli import _bad_input as root_bad_input
+
+    with root_bad_input():
+        yield
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A bar over blocks on stderr for a person watching; None (no bar) otherwise."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("pruning blocks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   transient=True, console=Console(stderr=True))
+    task = bar.add_task("prune", total=None)
+    with bar:
+        yield lambda block, blocks: bar.update(task, completed=block + 1, total=blocks)
+
+
+@prune_app.command("weights")
+def weights_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pruned checkpoint (from_pretrained "
+                                      "loads it) and pruning.json.")],
+    model: ModelOption,
+    method: Annotated[str, typer.Option("--method", help="magnitude, wanda, sparsegpt or dass.")] = "wanda",
+    sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="Fraction of each layer's weights to "
+                                                   "remove, in [0, 1); implied by --pattern.")] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", "-p", help="N:M: keep N of every M consecutive "
+                                                "weights (2:4, 4:8); default unstructured.")] = None,
+    text: Annotated[Path | None, typer.Option("--text", "-t", help="Calibration text, one document per line "
+                                              "(default: the built-in corpus's training split).")] = None,
+    calibration_documents: Annotated[int, typer.Option("--calibration-documents", help="Calibration documents "
+                                                       "to use.")] = DEFAULT_DOCUMENTS,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in calibration sample.")] = 0,
+    keep_attention_dense: Annotated[bool, typer.Option("--keep-attention-dense", help="Prune the MLP layers "
+                                                       "only.")] = False,
+    eval_documents: Annotated[int, typer.Option("--eval-documents", help="Held-out built-in documents whose "
+                                                "perplexity is measured before and after (0: skip).")
+                              ] = EVAL_DOCUMENTS,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")] = 8,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON only, on stdout.")] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16 or float16.")
+                     ] = "float32",
+    device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+) -> None:
+    """Prune the linear layers of every block (magnitude, Wanda, SparseGPT or DaSS; unstructured or N:M) and
+    export an ordinary Hugging Face checkpoint with pruning.json."""
+    from actkit.builtin import corpus
+    from actkit.cli import _show_progress
+    from actkit.compress.calibration import calibration_texts
+    from actkit.compress.masks import parse_pattern, resolve_sparsity
+    from actkit.compress.weights import METHODS, REPORT_FILE, prune_weights
+    from actkit.evaluate.perplexity import nll
+    from actkit.models import load
+    from actkit.models.checkpoint import check_output_folder, save_checkpoint
+
+    with _bad_input():
+        if method not in METHODS:
+            raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
+        resolve_sparsity(sparsity, parse_pattern(pattern))
+        if calibration_documents <= 0:
+            raise ActkitError(f"--calibration-documents must be positive (got {calibration_documents})")
+        if eval_documents < 0:
+            raise ActkitError(f"--eval-documents must be 0 (skip) or positive (got {eval_documents})")
+        if batch_size <= 0:
+            raise ActkitError(f"--batch-size must be a positive number of documents (got {batch_size})")
+        check_output_folder(out, force)
+        calibration = None if method == "magnitude" else calibration_texts(text, documents=calibration_documents,
+                                                                            seed=seed)
+        loaded, tokenizer = load(model, dtype=dtype, device=device)
+        heldout = corpus.texts(eval_documents, split="heldout") if eval_documents else []
+        before = nll(loaded, tokenizer, heldout) if heldout else None
+        with _progress(_show_progress(as_json)) as on_block:
+            pruned, report = prune_weights(loaded, tokenizer, method, sparsity, pattern, calibration=calibration,
+                                           keep_attention_dense=keep_attention_dense, batch_size=batch_size,
+                                           on_block=on_block)
+        report["model"] = model
+        if before is not None:
+            after = nll(pruned, tokenizer, heldout)
+            report["evaluation"] = _evaluation(before, after, len(heldout))
+        save_checkpoint(pruned, out, report_name=REPORT_FILE, report=report, tokenizer=tokenizer, overwrite=force)
+    if method == "magnitude" and text is not None:
+        Console(stderr=True).print(Text("note: magnitude pruning reads no calibration text; --text was not used"))
+    if as_json:
+        typer.echo(json.dumps({**report, "out": str(out)}, indent=2))
+        return
+    console = Console(soft_wrap=True)
+    console.print(_block_table(report))
+    for line in _summary(report, out):
+        console.print(Text(line), highlight=False)
+
+
+def _evaluation(before: tuple[float, int], after: tuple[float, int], documents: int) -> dict[str, Any]:
+    import math
+
+    return {"text": "builtin:heldout", "documents": documents, "tokens": before[1], "context": "whole documents",
+            "perplexity_before": math.exp(before[0] / before[1]), "perplexity_after": math.exp(after[0] / after[1])}
+
+
+def _block_table(report: dict[str, Any]) -> Table:
+    """Achieved sparsity per block: attention layers, MLP layers, all pruned layers."""
+    rows: dict[int, dict[str, list[int]]] = {}
+    for info in report["modules"].values():
+        part = "attention" if info["kind"] == "attention" else "mlp"
+        size = info["shape"][0] * info["shape"][1]
+        for key in (part, "all"):
+            acc = rows.setdefault(info["block"], {}).setdefault(key, [0, 0])
+            acc[0] += round(info["sparsity"] * size)
+            acc[1] += size
+    pattern = report["pattern"] or "unstructured"
+    table = Table(title=f"{report['method']} · target {report['sparsity']:.0%} · {pattern}: achieved sparsity",
+                  title_justify="left")
+    for name in ("block", "attention", "mlp", "all"):
+        table.add_column(name, justify="right")
+    for block in sorted(rows):
+        cells = [f"{rows[block][k][0] / rows[block][k][1]:.2%}" if k in rows[block] else "dense"
+                 for k in ("attention", "mlp", "all")]
+        table.add_row(str(block), *cells)
+    return table
+
+
+def _summary(report: dict[str, Any], out: Path) -> list[str]:
+    lines = [f"pruned {report['pruned_parameters']:,} of {report['prunable_parameters']:,} weights in "
+             f"{len(report['modules'])} layers ({report['achieved_sparsity']:.2%}) in {report['seconds']:.1f} s"]
+    calib = report["calibration"]
+    if calib:
+        lines.append(f"calibration: {calib['documents']} documents of {calib['source']} (seed {calib['seed']}), "
+                     f"{calib['tokens']} tokens, layer by layer")
+    if report["skipped"]:
+        reasons = sorted(set(report["skipped"].values()))
+        lines.append(f"left dense: {len(report['skipped'])} modules ({'; '.join(reasons)})")
+    ev = report.get("evaluation")
+    if ev:
+        lines.append(f"held-out perplexity ({ev['documents']} built-in documents, {ev['tokens']} tokens): "
+                     f"{ev['perplexity_before']:.3f} before, {ev['perplexity_after']:.3f} after")
+    lines.append(f"wrote {out} (checkpoint and pruning.json)")
+    return lines
+
+
+__all__ = ["prune_app", "weights_command"]
