@@ -126,16 +126,15 @@ def weights_command(
         calibration = None if method == "magnitude" else calibration_texts(text, documents=calibration_documents,
                                                                             seed=seed)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
-        heldout = corpus.texts(eval_documents, split="heldout") if eval_documents else []
-        before = nll(loaded, tokenizer, heldout) if heldout else None
         with _progress(_show_progress(as_json)) as on_block:
             pruned, report = prune_weights(loaded, tokenizer, method, sparsity, pattern, calibration=calibration,
                                            keep_attention_dense=keep_attention_dense, batch_size=batch_size,
                                            on_block=on_block)
         report["model"] = model
-        if before is not None:
-            after = nll(pruned, tokenizer, heldout)
-            report["evaluation"] = _evaluation(before, after, len(heldout))
+        if eval_documents:
+            heldout = corpus.texts(eval_documents, split="heldout")
+            report["evaluation"] = _evaluation(nll(loaded, tokenizer, heldout), nll(pruned, tokenizer, heldout),
+                                               len(heldout))
         save_checkpoint(pruned, out, report_name=REPORT_FILE, report=report, tokenizer=tokenizer, overwrite=force)
     if method == "magnitude" and text is not None:
         Console(stderr=True).print(Text("note: magnitude pruning reads no calibration text; --text was not used"))
