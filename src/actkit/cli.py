@@ -310,6 +310,7 @@ def _register_pillars() -> None:
     """Sub-command groups that live with their pillar, so this file stays a thin index."""
     from actkit.builtin.cli import app as builtin_app
     from actkit.compress.cli import prune_app
+    from actkit.compress.experts.cli import experts_command
     from actkit.steer.cli import generate_command, vector_app
     from actkit.steer.demo_cli import demo_command
 
@@ -318,6 +319,7 @@ def _register_pillars() -> None:
     app.command("generate")(generate_command)
     app.command("demo")(demo_command)
     app.add_typer(prune_app, name="prune")
+    prune_app.command("experts")(experts_command)
 
 
 _register_pillars()

@@ -299,8 +299,12 @@ def generate_command(
                        ] = False,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
+    experts_off: Annotated[str | None, typer.Option(
+        "--experts-off", help="Switch these MoE experts off while generating, LAYER:EXPERT,... (their router logit "
+        "is -inf before the top-k; --compare keeps them off too).")] = None,
 ) -> None:
     """Generate a continuation of each prompt, optionally steered by a vector (greedy unless --sample)."""
+    from actkit.compress.experts.scores import parse_experts
     from actkit.core.positions import parse_positions
     from actkit.models import load
     from actkit.steer import SteeringVector, generate
@@ -325,6 +329,7 @@ def generate_command(
         if not math.isfinite(strength):
             raise ActkitError(f"--coef must be a finite number (got {coef})")
         where = parse_positions(positions)
+        off = parse_experts(experts_off) if experts_off is not None else None
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         writes = None
         steer = None
@@ -344,9 +349,10 @@ def generate_command(
         options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, chat=chat,
                                        temperature=1.0 if temperature is None else temperature,
                                        top_p=1.0 if top_p is None else top_p, seed=seed)
-        completions = generate(loaded, tokenizer, prompt, writes=writes, **options)
-        plain = generate(loaded, tokenizer, prompt, **options) if compare else None
-    settings = {"model": model, "vector": None if vector is None else str(vector),
+        with _experts_off(loaded, off):
+            completions = generate(loaded, tokenizer, prompt, writes=writes, **options)
+            plain = generate(loaded, tokenizer, prompt, **options) if compare else None
+    settings = {"model": model, "experts_off": experts_off, "vector": None if vector is None else str(vector),
                 "coef": None if vector is None else strength, "relative": relative,
                 "layers": None if steer is None else steer.layers, "positions": positions,
                 "max_new_tokens": max_new_tokens, "sample": sample, "chat": chat}
@@ -366,5 +372,16 @@ def generate_command(
             console.print(Text.assemble(("  unsteered: ", "dim"), plain[i].strip()))
             console.print(Text.assemble((f"  steered ({strength:g}): ", "dim"), c.strip()))
 
+
+
+def _experts_off(model: Any, off: list[tuple[int, int]] | None) -> Any:
+    """``--experts-off`` of ``actkit generate``: a context that switches MoE experts off (or does nothing)."""
+    from contextlib import nullcontext
+
+    if off is None:
+        return nullcontext()
+    from actkit.compress.experts.switch import switch_experts
+
+    return switch_experts(model, off=off)
 
 __all__ = ["DATA_DIR", "generate_command", "pairs_path", "parse_layers", "vector_app"]

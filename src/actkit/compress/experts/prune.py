@@ -130,6 +130,7 @@ def prune_experts(
     observed = time.perf_counter() - start
     require_tokens(stats.tokens, max(64, 4 * stats.num_experts), calib.source)
     plan = plan_experts(stats, method, keep, protect=protect, reap_gate=reap_gate)
+    parameters_before = _count(model)
     start = time.perf_counter()
     pruned = slice_experts(model, plan.keep, groups=plan.groups, align=align, inplace=inplace)
     sliced = time.perf_counter() - start
@@ -148,7 +149,7 @@ def prune_experts(
         "calibration": calib.record(stats.tokens),
         "layers": plan.layers(stats.num_experts),
         "routing": stats.summary(),
-        "parameters_before": _count(model) if not inplace else None,
+        "parameters_before": parameters_before,
         "parameters_after": _count(pruned),
         "seconds": {"statistics": round(observed, 3), "slicing": round(sliced, 3)},
     }
