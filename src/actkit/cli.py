@@ -311,6 +311,7 @@ def _register_pillars() -> None:
     from actkit.builtin.cli import app as builtin_app
     from actkit.compress.cli import prune_app
     from actkit.compress.experts.cli import experts_command
+    from actkit.evaluate.cli import eval_app
     from actkit.steer.cli import generate_command, vector_app
     from actkit.steer.demo_cli import demo_command
 
@@ -320,6 +321,7 @@ def _register_pillars() -> None:
     app.command("demo")(demo_command)
     app.add_typer(prune_app, name="prune")
     prune_app.command("experts")(experts_command)
+    app.add_typer(eval_app, name="eval")
 
 
 _register_pillars()

@@ -302,6 +302,10 @@ def generate_command(
     experts_off: Annotated[str | None, typer.Option(
         "--experts-off", help="Switch these MoE experts off while generating, LAYER:EXPERT,... (their router logit "
         "is -inf before the top-k; --compare keeps them off too).")] = None,
+    activation_sparsity: Annotated[str | None, typer.Option(
+        "--activation-sparsity", help="Zero small entries of every projection's input while generating: teal:S "
+        "(thresholds calibrated on built-in training text), wina:S or wina-code:S, S in [0, 1). One prompt on "
+        "CPU takes the sparse decode path.")] = None,
 ) -> None:
     """Generate a continuation of each prompt, optionally steered by a vector (greedy unless --sample)."""
     from actkit.compress.experts.scores import parse_experts
@@ -349,10 +353,11 @@ def generate_command(
         options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, chat=chat,
                                        temperature=1.0 if temperature is None else temperature,
                                        top_p=1.0 if top_p is None else top_p, seed=seed)
-        with _experts_off(loaded, off):
+        with _experts_off(loaded, off), _activation_sparsity(loaded, tokenizer, activation_sparsity, len(prompt)):
             completions = generate(loaded, tokenizer, prompt, writes=writes, **options)
             plain = generate(loaded, tokenizer, prompt, **options) if compare else None
-    settings = {"model": model, "experts_off": experts_off, "vector": None if vector is None else str(vector),
+    settings = {"model": model, "experts_off": experts_off, "activation_sparsity": activation_sparsity,
+                "vector": None if vector is None else str(vector),
                 "coef": None if vector is None else strength, "relative": relative,
                 "layers": None if steer is None else steer.layers, "positions": positions,
                 "max_new_tokens": max_new_tokens, "sample": sample, "chat": chat}
@@ -371,6 +376,18 @@ def generate_command(
             console.print(Text(p, style="bold"))
             console.print(Text.assemble(("  unsteered: ", "dim"), plain[i].strip()))
             console.print(Text.assemble((f"  steered ({strength:g}): ", "dim"), c.strip()))
+
+
+def _activation_sparsity(model: Any, tokenizer: Any, spec: str | None, rows: int) -> Any:
+    """``--activation-sparsity`` of ``actkit generate``: a context that sparsifies the model (or does nothing)."""
+    from contextlib import nullcontext
+
+    if spec is None:
+        return nullcontext()
+    from actkit.compress.activation import prepare_activation_sparsity
+    from actkit.compress.sparse_decode import sparsity_for
+
+    return sparsity_for(model, prepare_activation_sparsity(model, tokenizer, spec), rows)
 
 
 

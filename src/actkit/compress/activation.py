@@ -1,0 +1,389 @@
+"""Dynamic activation sparsity: zero small entries of each projection's input at inference (TEAL, WINA).
+
+A decoder at batch 1 is memory-bound: every weight is read once per token. If a projection's input has a zero
+in entry i, column i of its weight need not be read at all, so zeroing a fraction s of the input entries can cut
+the bytes read by s (see `actkit.compress.sparse_linear` for the CPU kernel that does it). Which entries to zero:
+
+- **TEAL** (``teal:S``): one magnitude threshold per input tensor, the S-quantile of |x| over calibration text, so
+  that a fraction S of entries falls below it on text like the calibration text. q/k/v share one input tensor
+  and so one threshold; so do gate and up. Per-token sparsity varies; its mean is S.
+- **WINA** (``wina:S``): per token, keep the k = n - round(S n) entries with the largest |x_i| * ||W[:, i]||_2,
+  the column norms of *that* projection's weight (every projection, as in the paper's formulation), so q, k and v
+  may keep different entries of their shared input. Exactly k entries are kept for every token.
+- **WINA, released code** (``wina-code:S``): what the authors' released code does. It weights the criterion by
+  column norms only for the key projection and the MLP's gate projection (the fused matrix where q/k/v or gate/up
+  are one linear layer: Phi-3's ``qkv_proj`` and ``gate_up_proj``); q, v, o, up and down keep the top-k of plain
+  |x|. Its optional orthogonalizing transform and its dense first 1% of tokens are not reproduced; see
+  ``docs/activation-sparsity.md``.
+
+Every token of every pass is sparsified (prefill included), for all three methods alike, so a perplexity measures
+what a decoder that never runs a dense token would see. Hooks are forward pre-hooks on the projections, removed in
+``finally``; the model's weights are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
+from actkit.compress.projections import Projection, input_groups, projections
+from actkit.core.collect import context_length
+from actkit.core.hooks import tap
+from actkit.errors import ActkitError
+from actkit.observe.reducers import MagnitudeHistogram
+
+#: The methods a spec may name.
+METHODS = ("teal", "wina", "wina-code")
+
+#: Block-relative paths whose projection the released WINA code weights by column norms (key and MLP gate, or
+#: the fused matrix holding them). Projections elsewhere use plain magnitude under ``wina-code``. The first four
+#: are the released code's own layouts (Llama, Mistral, Qwen2, Phi-3); the rest extend its choice to families it
+#: does not cover, by the same rule: the key projection of attention and the first projection of the MLP.
+WINA_CODE_WEIGHTED = ("self_attn.k_proj", "mlp.gate_proj", "self_attn.qkv_proj", "mlp.gate_up_proj",
+                      "attention.query_key_value", "mlp.dense_h_to_4h", "attn.c_attn", "mlp.c_fc",
+                      "attention.self.key", "intermediate.dense", "mlp.shared_expert.gate_proj")
+
+#: Fewest calibration tokens TEAL accepts: a quantile of fewer entries per tensor is mostly noise.
+MIN_TEAL_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class ActivationSparsity:
+    """A parsed ``METHOD:SPARSITY`` spec, such as ``teal:0.5`` (see the module docstring for the methods)."""
+
+    method: str
+    sparsity: float
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ActkitError(f"unknown activation-sparsity method {self.method!r}; choose one of "
+                              f"{', '.join(METHODS)} (as in teal:0.5)")
+        if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
+            raise ActkitError(f"activation sparsity must lie in [0, 1) (the fraction of input entries zeroed), "
+                              f"got {self.sparsity!r}")
+
+    @classmethod
+    def parse(cls, text: str | ActivationSparsity) -> ActivationSparsity:
+        """``"teal:0.5"`` -> ``ActivationSparsity("teal", 0.5)``; a clear error for anything else."""
+        if isinstance(text, ActivationSparsity):
+            return text
+        method, sep, value = str(text).strip().partition(":")
+        if not sep or not value.strip():
+            raise ActkitError(f"activation sparsity {text!r} should look like METHOD:SPARSITY, for example teal:0.5 "
+                              f"or wina:0.5 (methods: {', '.join(METHODS)})")
+        try:
+            sparsity = float(value)
+        except ValueError:
+            raise ActkitError(f"activation sparsity {text!r}: {value.strip()!r} is not a number; give a fraction "
+                              "in [0, 1) such as 0.5") from None
+        if not math.isfinite(sparsity):
+            raise ActkitError(f"activation sparsity must lie in [0, 1), got {value.strip()!r}")
+        return cls(method.strip().lower(), sparsity)
+
+    def __str__(self) -> str:
+        return f"{self.method}:{self.sparsity:g}"
+
+
+@dataclass(frozen=True, eq=False)
+class Rule:
+    """How one projection picks the input entries it keeps: a magnitude threshold, or the top `keep` scores.
+
+    Arguments:
+        threshold: TEAL: keep entries with |x| > threshold.
+        keep: WINA: keep this many entries per token, those with the largest score.
+        scale: WINA's per-entry weight of the score |x_i| * scale_i (column norms); None scores plain |x|.
+    """
+
+    threshold: float | None = None
+    keep: int | None = None
+    scale: torch.Tensor | None = None
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Bool mask of the entries of `x` (..., n) that this rule keeps."""
+        if self.threshold is not None:
+            return x.abs() > self.threshold
+        assert self.keep is not None
+        idx = self.scores(x).topk(self.keep, dim=-1, sorted=False).indices
+        return torch.zeros(x.shape, dtype=torch.bool, device=x.device).scatter_(-1, idx, True)
+
+    def kept_indices(self, v: torch.Tensor) -> torch.Tensor:
+        """Ascending indices of the entries of one token's input `v` (n,) that this rule keeps."""
+        if self.threshold is not None:
+            return (v.abs() > self.threshold).nonzero().squeeze(1)
+        assert self.keep is not None
+        return self.scores(v).topk(self.keep, sorted=False).indices.sort().values
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs() if self.scale is None else x.abs() * self.scale.to(x.device)
+
+    def same_choice(self, other: Rule) -> bool:
+        """Whether both rules keep the same entries of the same input (so their projections can share a read)."""
+        return (self.threshold == other.threshold and self.keep == other.keep
+                and (self.scale is other.scale or (self.scale is None and other.scale is None)))
+
+
+@dataclass
+class TealCalibration:
+    """Magnitude histograms of each input group's entries, from which thresholds for any sparsity follow.
+
+    ``groups[i]`` names the projections that read tensor i; ``histograms[i]`` is its `MagnitudeHistogram`.
+    """
+
+    groups: list[list[str]]
+    histograms: list[MagnitudeHistogram]
+    tokens: int
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def thresholds(self, sparsity: float) -> dict[str, float]:
+        """Projection name -> the `sparsity`-quantile of |x| of its input (0 for sparsity 0)."""
+        ActivationSparsity("teal", sparsity)  # validates the range
+        out: dict[str, float] = {}
+        for names, hist in zip(self.groups, self.histograms, strict=True):
+            t = 0.0 if sparsity == 0 or hist.count == 0 else float(hist.quantile(sparsity))  # type: ignore[arg-type]
+            out.update(dict.fromkeys(names, t))
+        return out
+
+
+def token_batches(tokenizer: Any, texts: Iterable[str], max_length: int,
+                  batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Right-padded (input_ids, attention_mask) batches; a document longer than `max_length` is split."""
+    if max_length <= 0 or batch_size <= 0:
+        raise ActkitError(f"max_length and batch_size must be positive (got {max_length} and {batch_size})")
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    chunks: list[list[int]] = []
+
+    def flush() -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(c) for c in chunks)
+        ids = torch.full((len(chunks), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunks), width), dtype=torch.long)
+        for row, c in enumerate(chunks):
+            ids[row, : len(c)] = torch.tensor(c)
+            mask[row, : len(c)] = 1
+        chunks.clear()
+        return ids, mask
+
+    for text in texts:
+        ids = list(tokenizer(text)["input_ids"])
+        for start in range(0, len(ids), max_length):
+            chunks.append(ids[start:start + max_length])
+            if len(chunks) == batch_size:
+                yield flush()
+    if chunks:
+        yield flush()
+
+
+def calibrate_teal_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> TealCalibration:
+    """Histogram |x| of every projection input group over (input_ids, attention_mask) batches of the dense model.
+
+    Padding never enters a histogram. Returns the histograms; `TealCalibration.thresholds` turns them into
+    thresholds for any sparsity.
+    """
+    projs = projections(model)
+    groups = input_groups(model, projs)
+    hists = [MagnitudeHistogram() for _ in groups]
+    current: dict[str, torch.Tensor] = {}
+
+    def hook_for(hist: MagnitudeHistogram):  # noqa: ANN202 - a torch hook
+        def read(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            hist.update(x, _valid_rows(x, current["mask"]))
+        return read
+
+    handles = []
+    device = next(model.parameters()).device
+    tokens = 0
+    try:
+        for group, hist in zip(groups, hists, strict=True):
+            handles.append(group[0].module.register_forward_pre_hook(hook_for(hist)))
+        with torch.inference_mode():
+            for ids, mask in batches:
+                current["mask"] = mask.to(device).bool()
+                model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                tokens += int(mask.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+        current.clear()
+    return TealCalibration([[p.name for p in g] for g in groups], hists, tokens)
+
+
+def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | None = None, *,
+                   max_length: int | None = None, batch_size: int = 8) -> TealCalibration:
+    """TEAL's histograms over calibration text (default: the built-in corpus's training split).
+
+    Arguments:
+        model: the dense model (it is run, not changed).
+        tokenizer: its tokenizer.
+        calibration: the text, from `calibration_texts` (a file or the built-in training split).
+        max_length: documents are split into chunks of at most this many tokens (default the model's context).
+        batch_size: chunks per forward pass.
+
+    Returns:
+        A `TealCalibration` whose ``record`` says what text it saw (source, seed, documents, tokens).
+    """
+    calibration = calibration or calibration_texts()
+    limit = min(context_length(model, tokenizer), max_length or 10**9)
+    result = calibrate_teal_batches(model, token_batches(tokenizer, calibration.texts, limit, batch_size))
+    require_tokens(result.tokens, MIN_TEAL_TOKENS, calibration.source)
+    result.record = calibration.record(result.tokens)
+    return result
+
+
+@dataclass
+class SparsityPlan:
+    """A spec made concrete for one model: the rule of every projection it sparsifies.
+
+    Build one with `plan_activation_sparsity`; use it with `activation_sparsity` (masking hooks, any batch) or
+    `actkit.compress.sparse_decode.sparse_decode` (the CPU speed path for batch-1 decoding).
+    """
+
+    spec: ActivationSparsity
+    projections: list[Projection]
+    rules: dict[str, Rule]
+    calibration: dict[str, Any] | None = None
+
+
+def column_norms(proj: Projection) -> torch.Tensor:
+    """||W[:, i]||_2 for every input entry i of a projection, in float32 (WINA's weight term)."""
+    return torch.linalg.vector_norm(proj.weight().float(), dim=0)
+
+
+def wina_code_weighted(proj: Projection) -> bool:
+    """Whether the released WINA code weights this projection's criterion by column norms."""
+    return any(proj.path == p or proj.path.endswith("." + p) for p in WINA_CODE_WEIGHTED)
+
+
+def plan_activation_sparsity(model: nn.Module, spec: str | ActivationSparsity, *,
+                             calibration: TealCalibration | None = None) -> SparsityPlan:
+    """The rule of every projection of `model` under `spec`; TEAL needs a `calibration` (`calibrate_teal`).
+
+    Sparsity 0 gives a plan with no rules: the model runs unchanged, bit for bit.
+    """
+    spec = ActivationSparsity.parse(spec)
+    projs = projections(model)
+    rules: dict[str, Rule] = {}
+    if spec.sparsity == 0:
+        return SparsityPlan(spec, projs, rules, calibration.record if calibration else None)
+    if spec.method == "teal":
+        if calibration is None:
+            raise ActkitError("TEAL needs thresholds from calibration text: call calibrate_teal(model, tokenizer) "
+                              "first and pass calibration=...")
+        thresholds = calibration.thresholds(spec.sparsity)
+        missing = [p.name for p in projs if p.name not in thresholds]
+        if missing:
+            raise ActkitError(f"the TEAL calibration has no threshold for {missing[0]} (and {len(missing) - 1} more): "
+                              "it was made for another model; calibrate on this one")
+        shared: dict[float, Rule] = {}
+        for p in projs:
+            t = thresholds[p.name]
+            rules[p.name] = shared.setdefault(t, Rule(threshold=t))
+        return SparsityPlan(spec, projs, rules, calibration.record)
+    plain: dict[int, Rule] = {}
+    for p in projs:
+        keep = max(1, p.in_features - round(spec.sparsity * p.in_features))
+        if spec.method == "wina" or wina_code_weighted(p):
+            rules[p.name] = Rule(keep=keep, scale=column_norms(p))
+        else:
+            rules[p.name] = plain.setdefault(keep, Rule(keep=keep))
+    return SparsityPlan(spec, projs, rules)
+
+
+@dataclass
+class SparsityStats:
+    """Entries zeroed and entries seen per projection, over real tokens (padding is not counted)."""
+
+    zeroed: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, zeroed: int, seen: int) -> None:
+        self.zeroed[name] = self.zeroed.get(name, 0) + zeroed
+        self.seen[name] = self.seen.get(name, 0) + seen
+
+    def per_projection(self) -> dict[str, float]:
+        return {n: self.zeroed[n] / self.seen[n] for n in self.seen if self.seen[n]}
+
+    @property
+    def overall(self) -> float:
+        """Fraction of all input entries zeroed, over every projection (NaN before any token)."""
+        seen = sum(self.seen.values())
+        return sum(self.zeroed.values()) / seen if seen else float("nan")
+
+
+def _valid_rows(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+    """The real-token mask in `x`'s token shape (flattened for modules that see (B*T, d) tokens, such as MoE
+    shared experts), or None when the shapes do not line up (then every row counts)."""
+    if valid is None:
+        return None
+    if tuple(x.shape[:-1]) == tuple(valid.shape):
+        return valid
+    if x.dim() == 2 and x.shape[0] == valid.numel():
+        return valid.reshape(-1)
+    if x.dim() == 3 and x.shape[0] == valid.shape[0] and x.shape[1] <= valid.shape[1]:
+        return valid[:, -x.shape[1]:]
+    return None
+
+
+@contextmanager
+def activation_sparsity(model: nn.Module, plan: SparsityPlan) -> Iterator[SparsityStats]:
+    """Sparsify the inputs of the plan's projections while the block runs; yields running `SparsityStats`.
+
+    Works for any batch, padding and KV-cache decoding (each projection's input is masked token by token). The
+    inputs are replaced by masked copies; weights and the caller's tensors are untouched, and every hook is
+    removed on exit, also when the block raises.
+    """
+    stats = SparsityStats()
+    if not plan.rules:
+        yield stats
+        return
+    by_module = {id(p.module): p for p in plan.projections}
+    if any(id(m) not in by_module for m in (p.module for p in projections(model))):
+        raise ActkitError("this sparsity plan was made for another model; plan again on this one")
+    handles = []
+    with tap(model) as state:
+        def hook_for(name: str, rule: Rule):  # noqa: ANN202 - a torch hook
+            def sparsify(module: nn.Module, args: tuple) -> tuple:
+                x = args[0]
+                keep = rule.keep_mask(x)
+                ctx = state.context
+                rows = _valid_rows(x, ctx.valid if ctx is not None else None)
+                dropped = (~keep).sum(-1)
+                n_tok = int(rows.sum()) if rows is not None else int(dropped.numel())
+                stats.add(name, int(dropped[rows].sum() if rows is not None else dropped.sum()),
+                          n_tok * int(x.shape[-1]))
+                return (x.masked_fill(~keep, 0), *args[1:])
+            return sparsify
+
+        try:
+            for p in plan.projections:
+                rule = plan.rules.get(p.name)
+                if rule is not None:
+                    handles.append(p.module.register_forward_pre_hook(hook_for(p.name, rule)))
+            yield stats
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def prepare_activation_sparsity(model: nn.Module, tokenizer: Any, spec: str | ActivationSparsity, *,
+                                calibration: Calibration | None = None,
+                                max_length: int | None = None) -> SparsityPlan:
+    """Parse `spec` and plan it for `model`, calibrating TEAL on `calibration` (default built-in training text)."""
+    parsed = ActivationSparsity.parse(spec)
+    teal = None
+    if parsed.method == "teal" and parsed.sparsity > 0:
+        teal = calibrate_teal(model, tokenizer, calibration, max_length=max_length)
+    return plan_activation_sparsity(model, parsed, calibration=teal)
+
+
+__all__ = ["METHODS", "MIN_TEAL_TOKENS", "WINA_CODE_WEIGHTED", "ActivationSparsity", "Rule", "SparsityPlan",
+           "SparsityStats", "TealCalibration", "activation_sparsity", "calibrate_teal",
+           "calibrate_teal_batches", "column_norms", "plan_activation_sparsity", "prepare_activation_sparsity",
+           "token_batches", "wina_code_weighted"]
