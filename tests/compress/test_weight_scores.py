@@ -109,3 +109,8 @@ def test_glu_detection_from_shapes() -> None:
     assert kinds["phi3"]["mlp.gate_up_proj"] == ("expand", 2)  # fused [gate; up]: each neuron twice
     assert kinds["gpt2"]["mlp.c_fc"] == ("mlp", 1)  # not a GLU: DaSS falls back to Wanda
     assert kinds["gpt_neox"]["mlp.dense_h_to_4h"] == ("mlp", 1)
+
+
+def test_dass_falls_back_to_wanda_outside_glu_mlps() -> None:
+    _, report = prune_weights(build("gpt2"), CharTokenizer(), "dass", 0.5, calibration=TEXTS)
+    assert {info["score"] for info in report["modules"].values()} == {"wanda (not part of a GLU MLP)"}

@@ -52,7 +52,7 @@ class Target:
 
     ``kind``: ``down`` (the MLP's down projection), ``expand`` (a gate or up projection of a GLU MLP, whose rows
     are intermediate neurons; ``repeat`` is 2 for a fused gate-and-up), ``mlp`` (another MLP layer), ``attention``
-    (anything else in the block).
+    (anything else in the block). ``glu`` marks the gate, up and down projections of a GLU MLP.
     """
 
     name: str
@@ -61,6 +61,7 @@ class Target:
     kind: Kind
     down: str | None = None
     repeat: int = 1
+    glu: bool = False
 
     @property
     def weight(self) -> torch.Tensor:
@@ -124,7 +125,8 @@ def _mark_glu(found: list[Target]) -> list[Target]:
     if sum(t.weight.shape[0] for t in expanders) != 2 * width:
         return found
     for t in expanders:
-        t.kind, t.down, t.repeat = "expand", down.name, t.weight.shape[0] // width
+        t.kind, t.down, t.repeat, t.glu = "expand", down.name, t.weight.shape[0] // width, True
+    down.glu = True
     return found
 
 
@@ -187,7 +189,7 @@ def prune_weights(
         raise ActkitError(f"method {method!r} calibrates on text and needs the model's tokenizer")
     pruned = copy.deepcopy(model).eval()
     by_name = dict(pruned.named_modules())
-    work = [Target(t.name, t.layer, by_name[t.name], t.kind, t.down, t.repeat) for t in targets]
+    work = [Target(t.name, t.layer, by_name[t.name], t.kind, t.down, t.repeat, t.glu) for t in targets]
     record: dict[str, Any] | None = None
     details: dict[str, dict[str, str]] = {}
     if method == "magnitude":
@@ -268,9 +270,7 @@ def _prune_calibrated(method: str, t: Target, stats: dict[str, Stats], sparsity:
         hidden = input_norms(stats[t.down]["moments"].result()).repeat(t.repeat)
         return {"score": "dass", **_prune_scored(t, dass_expand(t.weight, hidden, alpha), sparsity, nm, 0)}
     scores = wanda(t.weight, input_norms(stats[t.name]["moments"].result()))
-    name = "dass" if method == "dass" and t.kind == "down" else "wanda"
-    if method == "dass" and t.kind != "down":
-        name = "wanda (not part of a GLU MLP)"
+    name = "wanda" if method == "wanda" else ("dass" if t.glu else "wanda (not part of a GLU MLP)")
     return {"score": name, **_prune_scored(t, scores, sparsity, nm, -1)}
 
 
