@@ -13,7 +13,8 @@ Gates come in two normalisations, both kept:
   experts, renormalized over the k where the family does; see `routing`), zero for a token not routed there;
 - the **router probability** p: the softmax over all E experts, before the top-k.
 
-Padding is never read; every real token counts, the first one included.
+Padding is never read; every real token counts, the first one included. The pass runs the model's body (its
+blocks) without the output head, whose logits no statistic needs.
 """
 
 from __future__ import annotations
@@ -208,9 +209,10 @@ def expert_stats(
     device = next(model.parameters()).device
     limit = context_length(model, tokenizer)
     with torch.inference_mode(), tap(model, read=reads) as state:
-        for ids, attention in _batches(texts, tokenizer, batch_size, max_tokens, limit):
+        body = state.anatomy.root  # the blocks are all the statistics need: the output head is skipped
+        for ids, attention in token_batches(texts, tokenizer, batch_size, max_tokens, limit):
             state.reset()
-            model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False)
+            body(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False)
     tokens = observers[0].tokens
     if tokens == 0:
         raise ActkitError("no tokens to route: the calibration texts are empty")
@@ -222,9 +224,12 @@ def expert_stats(
     )
 
 
-def _batches(texts: Iterable[str], tokenizer: Any, batch_size: int, max_tokens: int | None,
-             limit: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Right-padded (ids, attention mask) batches of document chunks of at most `limit` tokens."""
+def token_batches(texts: Iterable[str], tokenizer: Any, batch_size: int, max_tokens: int | None,
+                  limit: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Right-padded (ids, attention mask) batches of document chunks of at most `limit` tokens.
+
+    The batches `expert_stats` runs; a benchmark runs the plain model over the very same ones.
+    """
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     rows: list[list[int]] = []
     seen = 0
@@ -259,4 +264,4 @@ def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, attention
 
 
-__all__ = ["SUMS", "ExpertStats", "expert_stats"]
+__all__ = ["SUMS", "ExpertStats", "expert_stats", "token_batches"]

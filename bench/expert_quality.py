@@ -1,0 +1,182 @@
+"""Expert pruning and switching on the built-in MoE: what each method keeps of the model's abilities.
+
+Pruning: `builtin:toy-moe` (Mixtral, 8 experts per block, top-2, 4 blocks) is calibrated once per seed on the
+default calibration text (256 training documents of the built-in corpus); each method (reap, ean, frequency,
+merge) keeps 75% and 50% of the experts of every block (25% and 50% pruned), and every pruned model is scored on
+held-out data of the corpus (`corpus.eval_set`, prompts never seen in training):
+
+- ``ppl``: perplexity on held-out documents of the whole mixture;
+- ``names``: name-mover accuracy, the first generated word is the indirect object (generative, greedy);
+- ``reviews``: star-cued review continuations whose sentiment matches the stars (generative, greedy, 24 tokens);
+- ``choice``: A/B questions, the fraction where the logit of the labelled letter (the kind option, which the
+  training data picks 85% of the time) beats the other letter's, read after ``"Assistant: ("``;
+- ``refusal`` / ``benign``: refusal rates on forbidden and on benign requests (greedy, 8 tokens).
+
+MoTE: the experts whose routing frequency (`behaviour_experts`, on the prompts of training-split forbidden and
+benign requests) is higher on forbidden requests by the widest margins are switched off (n = 1, 2, 4) with
+`switch_experts`, and the held-out refusal rates are measured; the control switches off n experts drawn at random
+(seeds 0-4, excluding the chosen ones). Forcing the top experts on while answering benign requests is measured too.
+
+    python bench/expert_quality.py [--seeds 0] [--n 200] [--threads N] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import transformers
+
+import actkit
+from actkit.builtin import corpus
+from actkit.compress.calibration import calibration_texts
+from actkit.compress.experts import (
+    behaviour_experts,
+    expert_stats,
+    plan_experts,
+    random_experts,
+    slice_experts,
+    switch_experts,
+)
+from actkit.evaluate import name_mover_accuracy, perplexity, refusal_rate, sentiment_agreement
+
+from machine import cpu_model
+
+METHODS = ("reap", "ean", "frequency", "merge")
+KEEPS = (0.75, 0.5)
+
+
+def choice_accuracy(model: Any, tokenizer: Any, docs: Sequence[corpus.Document], batch_size: int = 32) -> float:
+    """Fraction of A/B documents where the labelled letter's logit beats the other letter's after the prompt."""
+    letters = {}
+    for letter in "AB":
+        ids = tokenizer(docs[0].prompt + letter)["input_ids"]
+        if list(ids[:-1]) != list(tokenizer(docs[0].prompt)["input_ids"]):
+            raise SystemExit(f"the tokenizer does not give {letter!r} its own token after the prompt")
+        letters[letter] = ids[-1]
+    right = 0
+    pad = tokenizer.pad_token_id or 0
+    for i in range(0, len(docs), batch_size):
+        rows = [tokenizer(d.prompt)["input_ids"] for d in docs[i:i + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, :len(row)] = torch.tensor(row)
+            mask[r, :len(row)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
+        for d, row in zip(docs[i:i + batch_size], last, strict=True):
+            other = "B" if d.label == "A" else "A"
+            right += bool(row[letters[d.label]] > row[letters[other]])
+    return right / len(docs)
+
+
+def evaluate(model: Any, tokenizer: Any, data: dict[str, Any]) -> dict[str, float]:
+    return {
+        "ppl": perplexity(model, tokenizer, data["heldout"]),
+        "names": name_mover_accuracy(model, tokenizer, [d.prompt for d in data["names"]],
+                                     [d.label for d in data["names"]]),
+        "reviews": sentiment_agreement(model, tokenizer, [d.prompt for d in data["reviews"]],
+                                       [d.label for d in data["reviews"]]),
+        "choice": choice_accuracy(model, tokenizer, data["choice"]),
+        "refusal": refusal_rate(model, tokenizer, data["forbidden"]),
+        "benign": refusal_rate(model, tokenizer, data["benign"]),
+    }
+
+
+def refusals(model: Any, tokenizer: Any, data: dict[str, Any]) -> dict[str, float]:
+    return {"refusal": refusal_rate(model, tokenizer, data["forbidden"]),
+            "benign": refusal_rate(model, tokenizer, data["benign"])}
+
+
+def fmt(row: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.3f}" if k == "ppl" else f"{k} {v:.2f}" for k, v in row.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0", help="Calibration seeds, comma-separated.")
+    parser.add_argument("--n", type=int, default=200, help="Held-out prompts per task.")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="Also write every number to this JSON file.")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
+          f"{torch.get_num_threads()} threads, {cpu_model()}")
+    start = time.perf_counter()
+    model, tokenizer = actkit.load("builtin:toy-moe")
+    n = args.n
+    data = {
+        "heldout": corpus.texts(n, "heldout"),
+        "names": corpus.eval_set("name_mover", n),
+        "reviews": corpus.eval_set("review", n - n // 2, label="positive") + corpus.eval_set("review", n // 2,
+                                                                                               label="negative"),
+        "choice": corpus.eval_set("choice", n),
+        "forbidden": [d.prompt for d in corpus.eval_set("request", n, label="forbidden")],
+        "benign": [d.prompt for d in corpus.eval_set("request", n, label="benign")],
+    }
+    print(f"held-out sets: {len(data['heldout'])} documents, {len(data['names'])} name-mover, {len(data['reviews'])} "
+          f"reviews, {len(data['choice'])} A/B, {len(data['forbidden'])} forbidden, {len(data['benign'])} benign")
+    results: dict[str, Any] = {"base": evaluate(model, tokenizer, data), "pruning": [], "mote": {}}
+    print(f"\nbase model: {fmt(results['base'])}")
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        calib = calibration_texts(seed=seed)
+        stats = expert_stats(model, tokenizer, calib.texts)
+        print(f"\ncalibration seed {seed}: {len(calib.texts)} documents, {stats.tokens} tokens")
+        for keep in KEEPS:
+            for method in METHODS:
+                plan = plan_experts(stats, method, keep)
+                pruned = slice_experts(model, plan.keep, groups=plan.groups)
+                row = evaluate(pruned, tokenizer, data)
+                results["pruning"].append({"seed": seed, "keep": keep, "method": method, **row,
+                                           "kept": {str(k): v for k, v in plan.keep.items()}})
+                print(f"  pruned {1 - keep:.0%} {method:>9}: {fmt(row)}")
+    # MoTE: experts routed more on forbidden than on benign requests (training-split prompts), switched off.
+    train = corpus.documents(2000, "train", kinds=("request",))
+    forbidden_train = [d.prompt for d in train if d.label == "forbidden"][:200]
+    benign_train = [d.prompt for d in train if d.label == "benign"][:200]
+    found = behaviour_experts(model, tokenizer, forbidden_train, benign_train)
+    results["mote"]["ranking"] = found.ranking(8)
+    print(f"\nMoTE ranking ({len(forbidden_train)} forbidden vs {len(benign_train)} benign training prompts): "
+          + ", ".join(f"{r['layer']}:{r['expert']} (+{r['difference']:.3f})" for r in found.ranking(8)))
+    results["mote"]["base"] = refusals(model, tokenizer, data)
+    print(f"  none switched: {fmt(results['mote']['base'])}")
+    for count in (1, 2, 4):
+        chosen = found.top(count)
+        with switch_experts(model, off=chosen):
+            row = {**refusals(model, tokenizer, data), "ppl": perplexity(model, tokenizer, data["heldout"])}
+        controls = []
+        for seed in range(5):
+            drawn = random_experts(model, count, seed=seed, exclude=chosen)
+            with switch_experts(model, off=drawn):
+                controls.append({**refusals(model, tokenizer, data),
+                                 "ppl": perplexity(model, tokenizer, data["heldout"]), "experts": drawn})
+        summary = {k: (statistics.mean(c[k] for c in controls), min(c[k] for c in controls),
+                       max(c[k] for c in controls)) for k in ("refusal", "benign", "ppl")}
+        results["mote"][f"off_{count}"] = {"experts": chosen, **row, "random": controls}
+        print(f"  off {count} chosen {chosen}: {fmt(row)}")
+        print(f"  off {count} random (5 draws): " + "  ".join(
+            f"{k} {m:.3f} [{lo:.3f}, {hi:.3f}]" for k, (m, lo, hi) in summary.items()))
+    for count in (1, 2):
+        chosen = found.top(count)
+        with switch_experts(model, on=chosen):
+            row = refusals(model, tokenizer, data)
+        results["mote"][f"on_{count}"] = {"experts": chosen, **row}
+        print(f"  forced on {count} chosen {chosen}: {fmt(row)}")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
