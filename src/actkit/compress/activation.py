@@ -133,13 +133,23 @@ class Rule:
 class TealCalibration:
     """Magnitude histograms of each input group's entries, from which thresholds for any sparsity follow.
 
-    ``groups[i]`` names the projections that read tensor i; ``histograms[i]`` is its `MagnitudeHistogram`.
+    ``groups[i]`` names the projections that read tensor i; ``histograms[i]`` is its `MagnitudeHistogram`;
+    ``features`` gives each projection's input width, so a calibration is never applied to another model.
     """
 
     groups: list[list[str]]
     histograms: list[MagnitudeHistogram]
     tokens: int
+    features: dict[str, int] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, projs: list[Projection]) -> None:
+        """Refuse a model whose projections are not the ones calibrated (names and input widths)."""
+        mine = {p.name: p.in_features for p in projs}
+        if mine != self.features:
+            odd = sorted(set(mine.items()) ^ set(self.features.items()))
+            raise ActkitError(f"the TEAL calibration was made for another model ({len(odd)} projections differ, "
+                              f"first {odd[0][0]}); calibrate on this one")
 
     def thresholds(self, sparsity: float) -> dict[str, float]:
         """Projection name -> the `sparsity`-quantile of |x| of its input (0 for sparsity 0)."""
@@ -212,7 +222,8 @@ def calibrate_teal_batches(model: nn.Module, batches: Iterable[tuple[torch.Tenso
         for handle in handles:
             handle.remove()
         current.clear()
-    return TealCalibration([[p.name for p in g] for g in groups], hists, tokens)
+    return TealCalibration([[p.name for p in g] for g in groups], hists, tokens,
+                           {p.name: p.in_features for p in projs})
 
 
 def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | None = None, *,
@@ -276,11 +287,8 @@ def plan_activation_sparsity(model: nn.Module, spec: str | ActivationSparsity, *
         if calibration is None:
             raise ActkitError("TEAL needs thresholds from calibration text: call calibrate_teal(model, tokenizer) "
                               "first and pass calibration=...")
+        calibration.check(projs)
         thresholds = calibration.thresholds(spec.sparsity)
-        missing = [p.name for p in projs if p.name not in thresholds]
-        if missing:
-            raise ActkitError(f"the TEAL calibration has no threshold for {missing[0]} (and {len(missing) - 1} more): "
-                              "it was made for another model; calibrate on this one")
         shared: dict[float, Rule] = {}
         for p in projs:
             t = thresholds[p.name]

@@ -1,0 +1,199 @@
+"""TEAL: spec parsing, thresholds as quantiles, target sparsity on held-out text, identity at 0, clean hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import actkit
+from actkit.builtin import corpus
+from actkit.compress.activation import (
+    ActivationSparsity,
+    activation_sparsity,
+    calibrate_teal,
+    calibrate_teal_batches,
+    plan_activation_sparsity,
+    token_batches,
+)
+from actkit.compress.calibration import Calibration, calibration_texts
+from actkit.compress.projections import input_groups, projections
+from actkit.errors import ActkitError
+from actkit.evaluate.perplexity import nll
+
+import tiny
+
+#: |achieved - target| allowed for the fraction of entries below the thresholds on held-out text.
+DENSE_TOLERANCE = 0.03
+#: The same for the sparsified model as a whole (later tensors see inputs of already-sparsified ones).
+MODEL_TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return actkit.load("builtin:toy-dense")
+
+
+@pytest.fixture(scope="module")
+def toy_calibration(toy):
+    model, tokenizer = toy
+    return calibrate_teal(model, tokenizer, calibration_texts(documents=128))
+
+
+def tiny_batches(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(tiny.tokens(4, 16, seed=s), torch.ones(4, 16, dtype=torch.long)) for s in range(n)]
+
+
+@pytest.mark.parametrize("text, method, sparsity", [("teal:0.5", "teal", 0.5), (" WINA:0.25 ", "wina", 0.25),
+                                                    ("wina-code:0", "wina-code", 0.0), ("teal:.65", "teal", 0.65)])
+def test_spec_parses(text, method, sparsity) -> None:
+    spec = ActivationSparsity.parse(text)
+    assert (spec.method, spec.sparsity) == (method, sparsity)
+    assert ActivationSparsity.parse(str(spec)) == spec
+
+
+@pytest.mark.parametrize("text, needle", [("teal", "METHOD:SPARSITY"), ("teal:", "METHOD:SPARSITY"),
+                                          ("teal:abc", "not a number"), ("teal:1", "[0, 1)"),
+                                          ("teal:-0.1", "[0, 1)"), ("teal:nan", "[0, 1)"), ("teal:inf", "[0, 1)"),
+                                          ("magnitude:0.5", "unknown activation-sparsity method")])
+def test_bad_specs_are_refused_with_the_fix(text, needle) -> None:
+    with pytest.raises(ActkitError) as info:
+        ActivationSparsity.parse(text)
+    assert needle in str(info.value)
+
+
+def test_input_groups_follow_shared_tensors() -> None:
+    model = tiny.build("llama")
+    groups = input_groups(model, projections(model))
+    names = [[p.path for p in g] for g in groups if g[0].layer == 0]
+    assert names == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                     ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+def test_thresholds_are_quantiles_of_the_input_magnitudes() -> None:
+    model = tiny.build("llama")
+    seen: list[torch.Tensor] = []
+    down = model.model.layers[1].mlp.down_proj
+    handle = down.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().abs().reshape(-1)))
+    try:
+        calibration = calibrate_teal_batches(model, tiny_batches())
+    finally:
+        handle.remove()
+    entries = torch.cat(seen).double()
+    for s in (0.25, 0.5, 0.65):
+        t = calibration.thresholds(s)["model.layers.1.mlp.down_proj"]
+        assert t == pytest.approx(float(torch.quantile(entries, s)), rel=5e-3)  # log bins of 1e-3
+    assert calibration.thresholds(0.0)["model.layers.1.mlp.down_proj"] == 0.0
+
+
+def test_padding_never_enters_the_histograms() -> None:
+    model = tiny.build("llama")
+    ids, mask = tiny_batches(1)[0]
+    padded_ids = torch.cat([ids, torch.full((4, 5), 7)], 1)
+    padded_mask = torch.cat([mask, torch.zeros(4, 5, dtype=torch.long)], 1)
+    plain = calibrate_teal_batches(model, [(ids, mask)])
+    padded = calibrate_teal_batches(model, [(padded_ids, padded_mask)])
+    assert [h.count for h in padded.histograms] == [h.count for h in plain.histograms]
+    assert padded.thresholds(0.5) == pytest.approx(plain.thresholds(0.5), rel=1e-5)
+
+
+def fraction_below(model, tokenizer, texts, thresholds: dict[str, float]) -> dict[str, float]:
+    """Per projection, the fraction of real-token input entries with |x| <= its threshold (dense model)."""
+    counts = {name: [0, 0] for name in thresholds}
+    current: dict[str, torch.Tensor] = {}
+
+    def counter(name: str):
+        def count(module, args):
+            x = args[0][current["mask"]]
+            counts[name][0] += int((x.abs() <= thresholds[name]).sum())
+            counts[name][1] += x.numel()
+        return count
+
+    handles = [p.module.register_forward_pre_hook(counter(p.name)) for p in projections(model)]
+    try:
+        with torch.inference_mode():
+            for ids, mask in token_batches(tokenizer, texts, 256, 16):
+                current["mask"] = mask.bool()
+                model(input_ids=ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: below / n for name, (below, n) in counts.items()}
+
+
+def test_thresholds_hit_the_target_on_held_out_text(toy, toy_calibration) -> None:
+    model, tokenizer = toy
+    held = corpus.texts(48, split="heldout")
+    for s in (0.25, 0.5, 0.65):
+        fractions = fraction_below(model, tokenizer, held, toy_calibration.thresholds(s))
+        for name, fraction in fractions.items():  # the dense model on held-out text: every tensor on target
+            assert abs(fraction - s) <= DENSE_TOLERANCE, (name, s, fraction)
+        plan = plan_activation_sparsity(model, f"teal:{s}", calibration=toy_calibration)
+        with activation_sparsity(model, plan) as stats:
+            nll(model, tokenizer, held)
+        assert abs(stats.overall - s) <= MODEL_TOLERANCE, (s, stats.overall)
+
+
+def test_zeroed_entries_are_exactly_those_under_the_threshold() -> None:
+    model = tiny.build("llama")
+    calibration = calibrate_teal_batches(model, tiny_batches())
+    plan = plan_activation_sparsity(model, "teal:0.5", calibration=calibration)
+    up = model.model.layers[2].mlp.up_proj
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    h1 = up.register_forward_pre_hook(lambda m, args: before.append(args[0].clone()))  # runs first: dense input
+    try:
+        with activation_sparsity(model, plan):
+            h2 = up.register_forward_pre_hook(lambda m, args: after.append(args[0].clone()))
+            try:
+                model(input_ids=tiny.tokens(2, 9))
+            finally:
+                h2.remove()
+    finally:
+        h1.remove()
+    t = plan.rules["model.layers.2.mlp.up_proj"].threshold
+    assert t is not None and t > 0
+    expected = torch.where(before[0].abs() > t, before[0], torch.zeros_like(before[0]))
+    assert torch.equal(after[0], expected)
+
+
+@pytest.mark.parametrize("spec", ["teal:0", "wina:0", "wina-code:0"])
+def test_sparsity_zero_is_the_identity_bit_for_bit(spec) -> None:
+    model = tiny.build("llama")
+    ids = tiny.tokens(2, 9)
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+    plan = plan_activation_sparsity(model, spec, calibration=calibrate_teal_batches(model, tiny_batches(1)))
+    with torch.inference_mode(), activation_sparsity(model, plan) as stats:
+        sparse = model(input_ids=ids).logits
+    assert torch.equal(plain, sparse)
+    assert stats.seen == {}
+
+
+def test_hooks_are_removed_and_weights_untouched_after_an_exception() -> None:
+    model = tiny.build("llama")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_activation_sparsity(model, "teal:0.5", calibration=calibrate_teal_batches(model, tiny_batches(1)))
+    with pytest.raises(RuntimeError, match="boom"), activation_sparsity(model, plan):
+        model(input_ids=tiny.tokens(1, 4))
+        raise RuntimeError("boom")
+    for module in model.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_teal_without_calibration_or_with_too_little_text_is_refused(toy) -> None:
+    model, tokenizer = toy
+    with pytest.raises(ActkitError, match="calibrate_teal"):
+        plan_activation_sparsity(model, "teal:0.5")
+    with pytest.raises(ActkitError, match="gave only"):
+        calibrate_teal(model, tokenizer, Calibration(["Hi there."], "tiny.txt", 0))
+    other = tiny.build("llama")
+    with pytest.raises(ActkitError, match="another model"):
+        plan_activation_sparsity(other, "teal:0.5", calibration=calibrate_teal(model, tokenizer, Calibration(
+            corpus.texts(8, split="train"), "builtin:train", 0)))
+
+
+def test_calibration_record_names_the_text(toy_calibration) -> None:
+    record = toy_calibration.record
+    assert record["source"] == "builtin:train" and record["documents"] == 128
+    assert record["tokens"] == toy_calibration.tokens > 1000
