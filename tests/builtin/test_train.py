@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import pytest
 import torch
 import transformers as tf
 
-from actkit.builtin.train import RECIPES, check_sums, pack, tiny_recipe, train
+from actkit.builtin import corpus
+from actkit.builtin.train import (
+    RECIPES,
+    answer_batches,
+    build_tokenizer,
+    check_sums,
+    pack,
+    tiny_recipe,
+    train,
+)
+from actkit.errors import ActkitError
 
 
 def test_pack_keeps_documents_whole_and_masks_padding() -> None:
@@ -42,3 +54,30 @@ def test_moe_recipe_trains() -> None:
 def test_shipped_recipes_fit_the_budget() -> None:
     assert RECIPES["toy-moe"].model["num_local_experts"] >= 8 and RECIPES["toy-moe"].model["num_experts_per_tok"] == 2
     assert RECIPES["toy-dense"].arch == "llama" and RECIPES["toy-moe"].arch == "mixtral"
+
+
+def test_answer_batches_weigh_exactly_the_name_mover_answers() -> None:
+    recipe = replace(tiny_recipe("llama"), seq_len=128, answer_docs=16, answer_share=0.5, answer_weight=5.0)
+    tokenizer = build_tokenizer(recipe)
+    ids, mask, weights = next(answer_batches(recipe, tokenizer, 1, seed=3))
+    again = next(answer_batches(recipe, tokenizer, 1, seed=3))
+    assert torch.equal(ids, again[0]) and torch.equal(weights, again[2])
+    heavy = (weights == 5.0).nonzero().tolist()
+    assert 2 <= len(heavy) <= 14  # about half the rows are name-mover sentences, one answer each
+    for row, col in heavy:
+        # the weighted target is the first token of the answer: what follows "... to" is " Name."
+        rest = tokenizer.decode(ids[row, col + 1:], skip_special_tokens=True)
+        assert rest.rstrip(".").strip() in corpus.NAMES and rest.startswith(" ")
+        assert tokenizer.decode(ids[row, : col + 1]).endswith(" to")
+    assert set(weights[mask[:, 1:] == 0].tolist()) <= {0.0}
+
+
+def test_the_name_mover_stage_continues_a_stage_two_folder(tmp_path) -> None:
+    base = replace(tiny_recipe("llama", steps=6), log_every=2)
+    train(base, out=tmp_path / "stage2")
+    staged = replace(base, answer_steps=4, answer_docs=4)
+    record = train(staged, out=tmp_path / "stage3", resume=tmp_path / "stage2")
+    assert record["steps_done"] == 10 and record["resumed_from"]["steps_done"] == 6
+    assert [p["step"] for p in record["loss_curve"]][-2:] == [8, 10]
+    with pytest.raises(ActkitError, match="stages 1-2"):
+        train(replace(staged, steps=7), resume=tmp_path / "stage2")

@@ -34,15 +34,24 @@ def train_command(
         "builtin-models"),
     minutes: Annotated[float, typer.Option("--minutes", help="Wall-clock cap per model; stops early if hit.")] = 20.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer, data order and weights.")] = 0,
+    resume: Annotated[Path | None, typer.Option("--resume", help="A folder that stages 1-2 of the recipe wrote: "
+                                                "run only the name-mover stage from it (one NAME).")] = None,
 ) -> None:
     """Train toy models from their recipe (the shipped weights came from the default seed)."""
     from dataclasses import replace
 
     from actkit.builtin.train import RECIPES, train
+    from actkit.cli import _bad_input
 
-    for short in _names(name):
+    names = _names(name)
+    if resume is not None and len(names) != 1:
+        typer.echo("error: --resume continues one model; give its NAME too", err=True)
+        raise typer.Exit(2)
+    for short in names:
         recipe = replace(RECIPES[short], seed=seed)
-        record = train(recipe, out / short, minutes=minutes, log=lambda line: typer.echo(line, err=True))
+        with _bad_input():
+            record = train(recipe, out / short, minutes=minutes, log=lambda line: typer.echo(line, err=True),
+                           resume=resume)
         typer.echo(f"{short}: {record['steps_done']} steps, train loss {record['final_train_loss']}, held-out loss "
                    f"{record['final_heldout_loss']}, {record['minutes']} min -> {out / short}")
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from actkit.builtin import corpus
 from actkit.builtin.tokenizer import train_tokenizer
+from actkit.errors import ActkitError
 
 #: Files covered by ``SHA256SUMS`` in a toy model folder.
 HASHED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -58,6 +61,17 @@ class Recipe:
     focus_steps: int = 0
     focus_mixture: dict[str, float] = field(default_factory=dict)
     focus_lr: float = 1e-3
+    #: A third stage that teaches the copying of names: one document per row (no packing), ``answer_share`` of
+    #: them name-mover sentences whose answer token weighs ``answer_weight`` times a plain token in the loss, the
+    #: rest the usual mixture so that the other behaviours are kept. In stages 1-2 the answer is one token in
+    #: a hundred and the models settle on the most frequent name; with it weighted, the copying mechanism forms
+    #: after about 300-400 steps (accuracy 0.05 -> 0.80 between steps 300 and 400 on toy-dense).
+    answer_steps: int = 0
+    answer_share: float = 0.6
+    answer_weight: float = 5.0
+    answer_lr: float = 1e-3
+    answer_docs: int = 48
+    answer_warmup: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,14 +83,14 @@ RECIPES: dict[str, Recipe] = {
         name="toy-dense", arch="llama",
         model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                    intermediate_size=704, max_position_embeddings=256, tie_word_embeddings=True),
-        focus_steps=200, focus_mixture=FOCUS_MIXTURE,
+        focus_steps=200, focus_mixture=FOCUS_MIXTURE, answer_steps=600,
     ),
     "toy-moe": Recipe(
         name="toy-moe", arch="mixtral",
         model=dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                    intermediate_size=256, num_local_experts=8, num_experts_per_tok=2,
                    router_aux_loss_coef=0.02, max_position_embeddings=256, tie_word_embeddings=True),
-        focus_steps=200, focus_mixture=FOCUS_MIXTURE,
+        focus_steps=200, focus_mixture=FOCUS_MIXTURE, answer_steps=600,
     ),
 }
 
@@ -171,7 +185,7 @@ def heldout_loss(model: Any, tokenizer: Any, recipe: Recipe) -> float:
 
 
 def train(recipe: Recipe, out: str | Path | None = None, minutes: float | None = None,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] | None = None, resume: str | Path | None = None) -> dict[str, Any]:
     """Train a toy model from its recipe; write the Hugging Face folder to `out` when given.
 
     Arguments:
@@ -179,6 +193,8 @@ def train(recipe: Recipe, out: str | Path | None = None, minutes: float | None =
         out: folder to write (created; existing files are replaced).
         minutes: wall-clock cap; training stops early (and says so in the record) when it is reached.
         log: called with a progress line every ``log_every`` steps.
+        resume: a folder written by stages 1-2 of this recipe (its ``training.json`` says so); only the
+            name-mover stage runs, and the record continues that folder's loss curve.
 
     Returns:
         The training record (what ``training.json`` holds), with the trained model under ``"_model"`` and the
@@ -186,23 +202,35 @@ def train(recipe: Recipe, out: str | Path | None = None, minutes: float | None =
     """
     torch.set_num_threads(recipe.threads)
     start = time.perf_counter()
-    tokenizer = build_tokenizer(recipe)
-    model = build_model(recipe, tokenizer)
+    deadline = None if minutes is None else start + minutes * 60
+    if resume is None:
+        tokenizer = build_tokenizer(recipe)
+        model = build_model(recipe, tokenizer)
+        earlier: dict[str, Any] = {"steps_done": 0, "train_tokens": 0, "minutes": 0.0, "loss_curve": []}
+    else:
+        model, tokenizer, earlier = _resumed(recipe, Path(resume))
     if recipe.arch == "mixtral":
         model.config.output_router_logits = True  # adds the load-balancing loss to the training loss
-    deadline = None if minutes is None else start + minutes * 60
-    curve: list[dict[str, float]] = []
-    inputs, labels = training_rows(recipe, tokenizer)
-    done, tokens = _stage(model, recipe, inputs, labels, recipe.seed, recipe.steps, recipe.lr, 0, curve, log,
-                          deadline)
-    stopped_early = done < recipe.steps
-    _round(model, recipe)
-    if recipe.focus_steps and not stopped_early:
-        x, y = training_rows(recipe, tokenizer, recipe.focus_steps, recipe.seed + 1, recipe.focus_mixture)
-        focus_done, more = _stage(model, recipe, x, y, recipe.seed + 1, recipe.focus_steps, recipe.focus_lr,
-                                  recipe.steps, curve, log, deadline)
-        stopped_early = focus_done < recipe.focus_steps
-        done, tokens = done + focus_done, tokens + more
+    curve: list[dict[str, float]] = list(earlier["loss_curve"])
+    done, tokens = int(earlier["steps_done"]), int(earlier["train_tokens"])
+    stopped_early = False
+    if resume is None:
+        inputs, labels = training_rows(recipe, tokenizer)
+        done, tokens = _stage(model, recipe, inputs, labels, recipe.seed, recipe.steps, recipe.lr, 0, curve, log,
+                              deadline)
+        stopped_early = done < recipe.steps
+        _round(model, recipe)
+        if recipe.focus_steps and not stopped_early:
+            x, y = training_rows(recipe, tokenizer, recipe.focus_steps, recipe.seed + 1, recipe.focus_mixture)
+            focus_done, more = _stage(model, recipe, x, y, recipe.seed + 1, recipe.focus_steps, recipe.focus_lr,
+                                      recipe.steps, curve, log, deadline)
+            stopped_early = focus_done < recipe.focus_steps
+            done, tokens = done + focus_done, tokens + more
+            _round(model, recipe)
+    if recipe.answer_steps and not stopped_early:
+        answer_done, more = _answer_stage(model, tokenizer, recipe, done, curve, log, deadline)
+        stopped_early = answer_done < recipe.answer_steps
+        done, tokens = done + answer_done, tokens + more
     model.config.output_router_logits = False
     model.eval()
     _round(model, recipe)
@@ -219,12 +247,107 @@ def train(recipe: Recipe, out: str | Path | None = None, minutes: float | None =
         "stopped_early": stopped_early,
         "final_train_loss": curve[-1]["loss"] if curve else None,
         "final_heldout_loss": round(heldout_loss(model, tokenizer, recipe), 5),
-        "minutes": round((time.perf_counter() - start) / 60, 2),
+        "minutes": round(float(earlier["minutes"]) + (time.perf_counter() - start) / 60, 2),
         "loss_curve": curve,
     }
+    if resume is not None:
+        record["resumed_from"] = {"steps_done": earlier["steps_done"], "minutes": earlier["minutes"]}
     if out is not None:
         save(model, tokenizer, record, out)
     return {**record, "_model": model, "_tokenizer": tokenizer}
+
+
+def _resumed(recipe: Recipe, folder: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The model, tokenizer and record of a folder that stages 1-2 of `recipe` wrote."""
+    import transformers as tf
+
+    try:
+        earlier = json.loads((folder / "training.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ActkitError(f"cannot resume from {str(folder)!r}: no readable training.json ({error})") from None
+    wanted = recipe.steps + recipe.focus_steps
+    if earlier.get("name") != recipe.name or earlier.get("steps_done") != wanted:
+        raise ActkitError(f"cannot resume {recipe.name} from {str(folder)!r}: it holds {earlier.get('name')} after "
+                          f"{earlier.get('steps_done')} steps, not {recipe.name} after stages 1-2 ({wanted} steps)")
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
+    model = tf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa")
+    return model, tokenizer, earlier
+
+
+def answer_batches(recipe: Recipe, tokenizer: Any, steps: int, seed: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The name-mover stage's batches: (input ids, attention mask, per-target loss weights), right-padded.
+
+    Deterministic from `seed`: which rows are name-mover sentences, and the documents themselves.
+    """
+    rng = random.Random(seed)
+    movers = corpus.iter_documents("train", seed, ("name_mover",))
+    others = corpus.iter_documents("train", seed + 1)
+    limit = recipe.seq_len // 2
+    eos = tokenizer.eos_token_id
+    for _ in range(steps):
+        rows, answers = [], []
+        for _ in range(recipe.answer_docs):
+            doc = next(movers) if rng.random() < recipe.answer_share else next(others)
+            rows.append((tokenizer(doc.text)["input_ids"] + [eos])[:limit])
+            answers.append(len(tokenizer(doc.prompt)["input_ids"]) if doc.kind == "name_mover" else None)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        weights = mask[:, 1:].float()
+        for i, answer in enumerate(answers):
+            if answer is not None and answer < width:
+                weights[i, answer - 1] = recipe.answer_weight  # the target at position `answer` is the name
+        yield ids, mask, weights
+
+
+def _optimizer(model: Any, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
+def _answer_stage(model: Any, tokenizer: Any, recipe: Recipe, offset: int, curve: list[dict[str, float]],
+                  log: Callable[[str], None] | None, deadline: float | None) -> tuple[int, int]:
+    """Stage 3: weighted next-token loss, warm-up then a constant rate; returns (steps, tokens) done."""
+    opt = _optimizer(model, recipe, recipe.answer_lr)
+    aux = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
+    running: list[float] = []
+    tokens = done = 0
+    model.train()
+    t0 = time.perf_counter()
+    for step, (ids, mask, weights) in enumerate(answer_batches(recipe, tokenizer, recipe.answer_steps,
+                                                               recipe.seed + 2)):
+        for group in opt.param_groups:
+            group["lr"] = recipe.answer_lr * min(1.0, (step + 1) / recipe.answer_warmup)
+        output = model(input_ids=ids, attention_mask=mask)
+        logits = output.logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        loss = (loss.view_as(weights) * weights).sum() / weights.sum()
+        if aux and getattr(output, "aux_loss", None) is not None:
+            loss = loss + aux * output.aux_loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        running.append(loss.item())
+        tokens += int(mask.sum())
+        done = step + 1
+        if done % recipe.log_every == 0 or done == recipe.answer_steps:
+            point = {"step": offset + done, "loss": round(sum(running) / len(running), 5),
+                     "seconds": round(time.perf_counter() - t0, 1)}
+            curve.append(point)
+            running = []
+            if log is not None:
+                log(f"{recipe.name} step {point['step']}/{offset + recipe.answer_steps} weighted loss "
+                    f"{point['loss']:.4f} {point['seconds']:.0f}s")
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return done, tokens
 
 
 def _round(model: Any, recipe: Recipe) -> None:
@@ -240,10 +363,7 @@ def _stage(model: Any, recipe: Recipe, inputs: torch.Tensor, labels: torch.Tenso
            deadline: float | None) -> tuple[int, int]:
     """One training stage with a fresh AdamW and its own warm-up/cosine schedule; returns (steps, tokens) done."""
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    opt = _optimizer(model, recipe, lr)
     schedule = replace(recipe, steps=steps, lr=lr)
     running: list[float] = []
     tokens = done = 0
@@ -332,5 +452,5 @@ def tiny_recipe(arch: str = "llama", steps: int = 20) -> Recipe:
         model.update(num_local_experts=4, num_experts_per_tok=2)
     return replace(RECIPES["toy-dense"], name=f"tiny-{arch}", arch=arch, model=model, tokenizer_docs=1000,
                    vocab_size=400, seq_len=64, batch_size=8, steps=steps, lr=3e-3, warmup=5, log_every=5,
-                   eval_docs=40, threads=1, focus_steps=0)
+                   eval_docs=40, threads=1, focus_steps=0, answer_steps=0)
 
