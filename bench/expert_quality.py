@@ -6,18 +6,29 @@ merge) keeps 75% and 50% of the experts of every block (25% and 50% pruned), and
 held-out data of the corpus (`corpus.eval_set`, prompts never seen in training):
 
 - ``ppl``: perplexity on held-out documents of the whole mixture;
-- ``names``: name-mover accuracy, the first generated word is the indirect object (generative, greedy);
 - ``reviews``: star-cued review continuations whose sentiment matches the stars (generative, greedy, 24 tokens);
+- ``agree``: the same continuations, the mean fraction of the unpruned model's words that the pruned model
+  reproduces before its first different word (a graded measure of generation, since ``reviews`` is at its ceiling);
 - ``choice``: A/B questions, the fraction where the logit of the labelled letter (the kind option, which the
   training data picks 85% of the time) beats the other letter's, read after ``"Assistant: ("``;
 - ``refusal`` / ``benign``: refusal rates on forbidden and on benign requests (greedy, 8 tokens).
 
-MoTE: the experts whose routing frequency (`behaviour_experts`, on the prompts of training-split forbidden and
-benign requests) is higher on forbidden requests by the widest margins are switched off (n = 1, 2, 4) with
-`switch_experts`, and the held-out refusal rates are measured; the control switches off n experts drawn at random
-(seeds 0-4, excluding the chosen ones). Forcing the top experts on while answering benign requests is measured too.
+``share`` is the fraction of the calibration text's routing assignments that went to the kept experts (mean over
+blocks). ``reap-softmax`` is REAP with the softmax probability over all experts as the gate instead of the applied
+(renormalized top-2) gate.
 
-    python bench/expert_quality.py [--seeds 0] [--n 200] [--threads N] [--json OUT.json]
+MoTE: `behaviour_experts` ranks the experts by how much more often they are routed on forbidden than on benign
+training-split requests, read either over the prompt tokens (``prompts``) or over the reply tokens, the refusal
+against the helpful answer (``replies``); the top n (1, 2, 4, 8) are switched off with `switch_experts` and the
+held-out forbidden and benign requests are answered (greedy, 8 tokens): ``refusal`` (the reply opens with a
+refusal or says it cannot help), ``helps`` (the reply opens like the corpus's helpful answers: "Sure", "Here is",
+"Of course"), and the held-out perplexity. The control switches off n experts drawn at random (seeds 0-4, excluding
+the chosen ones). Forcing the top 1 and 2 experts on while answering benign requests is measured too.
+
+The name-mover task is left out: the shipped toy models answer it at 0.04 (see the built-in README), so it cannot
+show a loss.
+
+    python bench/expert_quality.py [--seeds 0] [--n 100] [--threads 1] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -44,11 +55,12 @@ from actkit.compress.experts import (
     slice_experts,
     switch_experts,
 )
-from actkit.evaluate import name_mover_accuracy, perplexity, refusal_rate, sentiment_agreement
+from actkit.evaluate import generate, is_refusal, perplexity, refusal_rate, sentiment_label
 
 from machine import cpu_model
 
-METHODS = ("reap", "ean", "frequency", "merge")
+METHODS = ("reap", "reap-softmax", "ean", "frequency", "merge")
+HELPFUL = ("Sure", "Here is", "Of course")
 KEEPS = (0.75, 0.5)
 
 
@@ -79,33 +91,87 @@ def choice_accuracy(model: Any, tokenizer: Any, docs: Sequence[corpus.Document],
     return right / len(docs)
 
 
+def agreement(texts: Sequence[str], reference: Sequence[str]) -> float:
+    """Mean fraction of each reference's words reproduced before the first different word."""
+    shares = []
+    for text, ref in zip(texts, reference, strict=True):
+        mine, theirs = text.split(), ref.split()
+        same = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), min(len(mine),
+                                                                                                 len(theirs)))
+        shares.append(same / max(len(theirs), 1))
+    return statistics.mean(shares)
+
+
 def evaluate(model: Any, tokenizer: Any, data: dict[str, Any]) -> dict[str, float]:
+    reviews = generate(model, tokenizer, [d.prompt for d in data["reviews"]], 24)
+    data.setdefault("reference", reviews)  # the first model evaluated is the unpruned one
     return {
         "ppl": perplexity(model, tokenizer, data["heldout"]),
-        "names": name_mover_accuracy(model, tokenizer, [d.prompt for d in data["names"]],
-                                     [d.label for d in data["names"]]),
-        "reviews": sentiment_agreement(model, tokenizer, [d.prompt for d in data["reviews"]],
-                                       [d.label for d in data["reviews"]]),
+        "reviews": statistics.mean(sentiment_label(r) == d.label for r, d in zip(reviews, data["reviews"],
+                                                                                  strict=True)),
+        "agree": agreement(reviews, data["reference"]),
         "choice": choice_accuracy(model, tokenizer, data["choice"]),
         "refusal": refusal_rate(model, tokenizer, data["forbidden"]),
         "benign": refusal_rate(model, tokenizer, data["benign"]),
     }
 
 
-def refusals(model: Any, tokenizer: Any, data: dict[str, Any]) -> dict[str, float]:
-    return {"refusal": refusal_rate(model, tokenizer, data["forbidden"]),
-            "benign": refusal_rate(model, tokenizer, data["benign"])}
+def refusals(model: Any, tokenizer: Any, data: dict[str, Any], with_ppl: bool = True) -> dict[str, Any]:
+    replies = generate(model, tokenizer, data["forbidden"], 8)
+    row: dict[str, Any] = {"refusal": statistics.mean(is_refusal(r) for r in replies),
+                           "helps": statistics.mean(r.strip().startswith(HELPFUL) for r in replies),
+                           "benign": refusal_rate(model, tokenizer, data["benign"])}
+    if with_ppl:
+        row["ppl"] = perplexity(model, tokenizer, data["heldout"])
+    row["sample"] = replies[0]
+    return row
 
 
-def fmt(row: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.3f}" if k == "ppl" else f"{k} {v:.2f}" for k, v in row.items())
+def fmt(row: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v:.3f}" if k == "ppl" else f"{k} {v!r}" if isinstance(v, str) else f"{k} {v:.2f}"
+                     for k, v in row.items())
+
+
+def mote(model: Any, tokenizer: Any, data: dict[str, Any], out: dict[str, Any]) -> None:
+    """Switch off the experts most routed on forbidden requests (by prompt or by reply tokens), with a random control."""
+    train = corpus.documents(2000, "train", kinds=("request",))
+    forbidden = [d for d in train if d.label == "forbidden"][:200]
+    benign = [d for d in train if d.label == "benign"][:200]
+    out["none"] = refusals(model, tokenizer, data)
+    print(f"\nMoTE, none switched: {fmt(out['none'])}")
+    for source in ("prompts", "replies"):
+        pick = (lambda d: d.prompt) if source == "prompts" else (lambda d: d.target)
+        found = behaviour_experts(model, tokenizer, [pick(d) for d in forbidden], [pick(d) for d in benign])
+        out[source] = {"ranking": found.ranking(8)}
+        print(f"\nMoTE by {source} ({len(forbidden)} forbidden vs {len(benign)} benign training requests): "
+              + ", ".join(f"{r['layer']}:{r['expert']} (+{r['difference']:.3f})" for r in found.ranking(8)))
+        for count in (1, 2, 4, 8):
+            chosen = found.top(count)
+            with switch_experts(model, off=chosen):
+                row = refusals(model, tokenizer, data)
+            controls = []
+            for seed in range(5):
+                drawn = random_experts(model, count, seed=seed, exclude=chosen)
+                with switch_experts(model, off=drawn):
+                    controls.append({**refusals(model, tokenizer, data), "experts": drawn})
+            summary = {k: (statistics.mean(c[k] for c in controls), min(c[k] for c in controls),
+                           max(c[k] for c in controls)) for k in ("refusal", "helps", "benign", "ppl")}
+            out[source][f"off_{count}"] = {"experts": chosen, **row, "random": controls}
+            print(f"  off {count} chosen: {fmt(row)}")
+            print(f"  off {count} random (5 draws): " + "  ".join(
+                f"{k} {m:.3f} [{lo:.3f}, {hi:.3f}]" for k, (m, lo, hi) in summary.items()))
+        for count in (1, 2):
+            with switch_experts(model, on=found.top(count)):
+                row = refusals(model, tokenizer, data, with_ppl=False)
+            out[source][f"on_{count}"] = {"experts": found.top(count), **row}
+            print(f"  forced on {count} chosen: {fmt(row)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0", help="Calibration seeds, comma-separated.")
-    parser.add_argument("--n", type=int, default=200, help="Held-out prompts per task.")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n", type=int, default=100, help="Held-out prompts per task.")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="Also write every number to this JSON file.")
     args = parser.parse_args()
     if args.threads:
@@ -117,14 +183,13 @@ def main() -> None:
     n = args.n
     data = {
         "heldout": corpus.texts(n, "heldout"),
-        "names": corpus.eval_set("name_mover", n),
         "reviews": corpus.eval_set("review", n - n // 2, label="positive") + corpus.eval_set("review", n // 2,
                                                                                                label="negative"),
         "choice": corpus.eval_set("choice", n),
         "forbidden": [d.prompt for d in corpus.eval_set("request", n, label="forbidden")],
         "benign": [d.prompt for d in corpus.eval_set("request", n, label="benign")],
     }
-    print(f"held-out sets: {len(data['heldout'])} documents, {len(data['names'])} name-mover, {len(data['reviews'])} "
+    print(f"held-out sets: {len(data['heldout'])} documents, {len(data['reviews'])} "
           f"reviews, {len(data['choice'])} A/B, {len(data['forbidden'])} forbidden, {len(data['benign'])} benign")
     results: dict[str, Any] = {"base": evaluate(model, tokenizer, data), "pruning": [], "mote": {}}
     print(f"\nbase model: {fmt(results['base'])}")
@@ -134,44 +199,19 @@ def main() -> None:
         print(f"\ncalibration seed {seed}: {len(calib.texts)} documents, {stats.tokens} tokens")
         for keep in KEEPS:
             for method in METHODS:
-                plan = plan_experts(stats, method, keep)
+                if method == "reap-softmax":
+                    plan = plan_experts(stats, "reap", keep, reap_gate="softmax")
+                else:
+                    plan = plan_experts(stats, method, keep)
                 pruned = slice_experts(model, plan.keep, groups=plan.groups)
-                row = evaluate(pruned, tokenizer, data)
+                freq = stats.routed
+                share = statistics.mean(float(freq[r, plan.keep[layer]].sum() / freq[r].sum())
+                                        for r, layer in enumerate(stats.layers))
+                row = {**evaluate(pruned, tokenizer, data), "share": share}
                 results["pruning"].append({"seed": seed, "keep": keep, "method": method, **row,
                                            "kept": {str(k): v for k, v in plan.keep.items()}})
-                print(f"  pruned {1 - keep:.0%} {method:>9}: {fmt(row)}")
-    # MoTE: experts routed more on forbidden than on benign requests (training-split prompts), switched off.
-    train = corpus.documents(2000, "train", kinds=("request",))
-    forbidden_train = [d.prompt for d in train if d.label == "forbidden"][:200]
-    benign_train = [d.prompt for d in train if d.label == "benign"][:200]
-    found = behaviour_experts(model, tokenizer, forbidden_train, benign_train)
-    results["mote"]["ranking"] = found.ranking(8)
-    print(f"\nMoTE ranking ({len(forbidden_train)} forbidden vs {len(benign_train)} benign training prompts): "
-          + ", ".join(f"{r['layer']}:{r['expert']} (+{r['difference']:.3f})" for r in found.ranking(8)))
-    results["mote"]["base"] = refusals(model, tokenizer, data)
-    print(f"  none switched: {fmt(results['mote']['base'])}")
-    for count in (1, 2, 4):
-        chosen = found.top(count)
-        with switch_experts(model, off=chosen):
-            row = {**refusals(model, tokenizer, data), "ppl": perplexity(model, tokenizer, data["heldout"])}
-        controls = []
-        for seed in range(5):
-            drawn = random_experts(model, count, seed=seed, exclude=chosen)
-            with switch_experts(model, off=drawn):
-                controls.append({**refusals(model, tokenizer, data),
-                                 "ppl": perplexity(model, tokenizer, data["heldout"]), "experts": drawn})
-        summary = {k: (statistics.mean(c[k] for c in controls), min(c[k] for c in controls),
-                       max(c[k] for c in controls)) for k in ("refusal", "benign", "ppl")}
-        results["mote"][f"off_{count}"] = {"experts": chosen, **row, "random": controls}
-        print(f"  off {count} chosen {chosen}: {fmt(row)}")
-        print(f"  off {count} random (5 draws): " + "  ".join(
-            f"{k} {m:.3f} [{lo:.3f}, {hi:.3f}]" for k, (m, lo, hi) in summary.items()))
-    for count in (1, 2):
-        chosen = found.top(count)
-        with switch_experts(model, on=chosen):
-            row = refusals(model, tokenizer, data)
-        results["mote"][f"on_{count}"] = {"experts": chosen, **row}
-        print(f"  forced on {count} chosen {chosen}: {fmt(row)}")
+                print(f"  pruned {1 - keep:.0%} {method:>12}: {fmt(row)}")
+    mote(model, tokenizer, data, results["mote"])
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -19,7 +19,14 @@ from torch import nn
 from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
 from actkit.compress.experts.merge import Group, merge_groups
 from actkit.compress.experts.routing import moe_layers
-from actkit.compress.experts.scores import METHODS, ExpertId, kept_count, score_experts, select_experts
+from actkit.compress.experts.scores import (
+    METHODS,
+    ExpertId,
+    check_protect,
+    kept_count,
+    score_experts,
+    select_experts,
+)
 from actkit.compress.experts.slicing import slice_experts
 from actkit.compress.experts.stats import ExpertStats, expert_stats
 from actkit.core.anatomy import Anatomy
@@ -122,7 +129,9 @@ def prune_experts(
     """
     check_method(method)
     layers = moe_layers(model)
-    kept_count(keep, layers[0].num_experts, layers[0].top_k)  # refuse a bad --keep before calibrating
+    protect = list(protect)
+    count = kept_count(keep, layers[0].num_experts, layers[0].top_k)  # refuse bad input before calibrating
+    check_protect(protect, [m.layer for m in layers], layers[0].num_experts, count)
     calib = calibration if calibration is not None else calibration_texts()
     start = time.perf_counter()
     stats = expert_stats(model, tokenizer, calib.texts, every_token=every_token, batch_size=batch_size,
