@@ -82,8 +82,8 @@ def weights_command(
     method: Annotated[str, typer.Option("--method", help="magnitude, wanda, sparsegpt or dass.")] = "wanda",
     sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="Fraction of each layer's weights to "
                                                    "remove, in [0, 1); implied by --pattern.")] = None,
-    pattern: Annotated[str | None, typer.Option("--pattern", "-p", help="N:M: keep N of every M consecutive "
-                                                "weights (2:4, 4:8); default unstructured.")] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", "-p", help="Keep N of every M consecutive weights, "
+                                                "written N:M (2:4, 4:8); default unstructured.")] = None,
     text: Annotated[Path | None, typer.Option("--text", "-t", help="Calibration text, one document per line "
                                               "(default: the built-in corpus's training split).")] = None,
     calibration_documents: Annotated[int, typer.Option("--calibration-documents", help="Calibration documents "
