@@ -9,6 +9,8 @@ held-out data of the corpus (`corpus.eval_set`, prompts never seen in training):
 - ``reviews``: star-cued review continuations whose sentiment matches the stars (generative, greedy, 24 tokens);
 - ``agree``: the same continuations, the mean fraction of the unpruned model's words that the pruned model
   reproduces before its first different word (a graded measure of generation, since ``reviews`` is at its ceiling);
+- ``names``: name-mover prompts (``"When Anna and Tom went to the shop, Tom gave a book to"``) greedily continued
+  by the indirect object (generative, `name_mover_accuracy`: the first word of 3 greedy tokens is the right name);
 - ``choice``: A/B questions, the fraction where the logit of the labelled letter (the kind option, which the
   training data picks 85% of the time) beats the other letter's, read after ``"Assistant: ("``;
 - ``refusal`` / ``benign``: refusal rates on forbidden and on benign requests (greedy, 8 tokens).
@@ -24,9 +26,6 @@ held-out forbidden and benign requests are answered (greedy, 8 tokens): ``refusa
 refusal or says it cannot help), ``helps`` (the reply opens like the corpus's helpful answers: "Sure", "Here is",
 "Of course"), and the held-out perplexity. The control switches off n experts drawn at random (seeds 0-4, excluding
 the chosen ones). Forcing the top 1 and 2 experts on while answering benign requests is measured too.
-
-The name-mover task is left out: the shipped toy models answer it at 0.04 (see the built-in README), so it cannot
-show a loss.
 
     python bench/expert_quality.py [--seeds 0] [--n 100] [--threads 1] [--json OUT.json]
 """
@@ -55,7 +54,14 @@ from actkit.compress.experts import (
     slice_experts,
     switch_experts,
 )
-from actkit.evaluate import generate, is_refusal, perplexity, refusal_rate, sentiment_label
+from actkit.evaluate import (
+    generate,
+    is_refusal,
+    name_mover_accuracy,
+    perplexity,
+    refusal_rate,
+    sentiment_label,
+)
 
 from machine import cpu_model
 
@@ -110,6 +116,8 @@ def evaluate(model: Any, tokenizer: Any, data: dict[str, Any]) -> dict[str, floa
         "reviews": statistics.mean(sentiment_label(r) == d.label for r, d in zip(reviews, data["reviews"],
                                                                                   strict=True)),
         "agree": agreement(reviews, data["reference"]),
+        "names": name_mover_accuracy(model, tokenizer, [d.prompt for d in data["names"]],
+                                     [d.label for d in data["names"]]),
         "choice": choice_accuracy(model, tokenizer, data["choice"]),
         "refusal": refusal_rate(model, tokenizer, data["forbidden"]),
         "benign": refusal_rate(model, tokenizer, data["benign"]),
@@ -185,12 +193,13 @@ def main() -> None:
         "heldout": corpus.texts(n, "heldout"),
         "reviews": corpus.eval_set("review", n - n // 2, label="positive") + corpus.eval_set("review", n // 2,
                                                                                                label="negative"),
+        "names": corpus.eval_set("name_mover", n),
         "choice": corpus.eval_set("choice", n),
         "forbidden": [d.prompt for d in corpus.eval_set("request", n, label="forbidden")],
         "benign": [d.prompt for d in corpus.eval_set("request", n, label="benign")],
     }
-    print(f"held-out sets: {len(data['heldout'])} documents, {len(data['reviews'])} "
-          f"reviews, {len(data['choice'])} A/B, {len(data['forbidden'])} forbidden, {len(data['benign'])} benign")
+    print(f"held-out sets: {len(data['heldout'])} documents, {len(data['reviews'])} reviews, {len(data['names'])} "
+          f"name-mover, {len(data['choice'])} A/B, {len(data['forbidden'])} forbidden, {len(data['benign'])} benign")
     results: dict[str, Any] = {"base": evaluate(model, tokenizer, data), "pruning": [], "mote": {}}
     print(f"\nbase model: {fmt(results['base'])}")
     for seed in [int(s) for s in args.seeds.split(",")]:
