@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 import actkit
+from actkit.cli_common import (
+    BAD_INPUT,
+    DEFAULT_MODEL,
+    DeviceOption,
+    DtypeOption,
+    JsonOption,
+    ModelOption,
+    bad_input,
+    print_error,
+    show_progress,
+    stderr,
+    stdout,
+)
 from actkit.core.anatomy import Anatomy
 from actkit.core.collect import read_texts
 from actkit.core.sites import SITE_KINDS, Site
@@ -31,12 +41,6 @@ from actkit.observe.default_text import default_texts
 from actkit.observe.profile import PROFILE_FILE, REPORT_FILE, profile, report_files, write_report
 from actkit.report.files import check_writable, to_json
 
-#: The model every command uses when ``--model`` is not given (switch to the trained toy model once it ships).
-DEFAULT_MODEL = "builtin:toy-dense"
-
-#: Exit status for bad input, the same as click's usage errors.
-BAD_INPUT = 2
-
 app = typer.Typer(
     name="actkit",
     help="Activation engineering for transformer language models: read, steer, localize and compress.",
@@ -44,35 +48,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="builtin:NAME, a local folder, a .gguf file, "
-                                          "a hub id, or a packaged model (smollm2-135m-instruct, minilm-l6, gemma3-270m).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON only, on stdout.")]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16 or float16.")]
-DeviceOption = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")]
-
-
-def _stdout() -> Console:
-    return Console(soft_wrap=True)
-
-
-def _stderr() -> Console:
-    return Console(stderr=True, soft_wrap=True)
-
-
-def print_error(message: str) -> None:
-    """The one way bad input is reported: a red ``error:`` and the message, on stderr (markup is not parsed)."""
-    _stderr().print(Text.assemble(("error:", "bold red"), " ", message))
-
-
-@contextmanager
-def _bad_input() -> Iterator[None]:
-    """Turn an `ActkitError` into the message alone and exit status 2, inside commands (so test runners see it)."""
-    try:
-        yield
-    except ActkitError as error:
-        print_error(str(error))
-        raise typer.Exit(BAD_INPUT) from None
 
 
 def _version(value: bool) -> None:
@@ -113,7 +88,7 @@ def profile_command(
 ) -> None:
     """Profile activations block by block: norms, massive activations, MLP sparsity, signal propagation,
     attention logits, log Z and MoE routing."""
-    with _bad_input():
+    with bad_input():
         if max_tokens is not None and max_tokens <= 0:
             raise ActkitError(f"--max-tokens must be a positive number of tokens (got {max_tokens})")
         if batch_size <= 0:
@@ -128,15 +103,15 @@ def profile_command(
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         anatomy = Anatomy.of(loaded)
         result = profile(loaded, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size,
-                         progress=_show_progress(as_json), model_name=model, top_k=top_k,
+                         progress=show_progress(as_json), model_name=model, top_k=top_k,
                          sparsity_eps=sparsity_eps, massive_intervention=massive_intervention)
         report = write_report(result, out, overwrite=force) if out is not None else None
     if report is not None and report.skipped:
-        _stderr().print(Text(f"note: {report.skipped}; wrote the JSON and HTML without them"), highlight=False)
+        stderr().print(Text(f"note: {report.skipped}; wrote the JSON and HTML without them"), highlight=False)
     if as_json:
         typer.echo(to_json(result))
         return
-    console = _stdout()
+    console = stdout()
     console.print(_header(model, anatomy, f"{result['tokens']} tokens"))
     console.print(_profile_table(result))
     console.print(_activity_table(result))
@@ -144,15 +119,6 @@ def profile_command(
         console.print(line, highlight=False)
     if report is not None:
         console.print(f"wrote {', '.join(p.name for p in report.files)} to {out}", highlight=False)
-
-
-def _show_progress(as_json: bool) -> bool:
-    """A bar only for a person watching: never with --json, never into a file or a pipe.
-
-    stdout is checked too because rich draws the bar on its default console (stdout) unless told otherwise,
-    and a bar drawn into a redirected stdout leaves a blank line in the output.
-    """
-    return not as_json and sys.stderr.isatty() and sys.stdout.isatty()
 
 
 def _header(model: str, anatomy: Anatomy, extra: str) -> Text:
@@ -258,7 +224,7 @@ def sites_command(
     device: DeviceOption = "cpu",
 ) -> None:
     """The sites of a model: what every pillar can read and write, by architecture-neutral name."""
-    with _bad_input():
+    with bad_input():
         loaded, _ = load(model, dtype=dtype, device=device)
         anatomy = Anatomy.of(loaded)
         found = anatomy.expand(site) if site else anatomy.sites()
@@ -266,7 +232,7 @@ def sites_command(
         typer.echo(json.dumps({"model": model, "family": anatomy.family.name, "blocks": anatomy.n_layers,
                                "hidden_size": anatomy.hidden_size, "sites": [str(s) for s in found]}, indent=2))
         return
-    console = _stdout()
+    console = stdout()
     console.print(_header(model, anatomy, f"{len(found)} sites"))
     table = Table()
     table.add_column("site")

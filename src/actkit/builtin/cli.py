@@ -41,7 +41,7 @@ def train_command(
     from dataclasses import replace
 
     from actkit.builtin.train import RECIPES, train
-    from actkit.cli import _bad_input
+    from actkit.cli_common import bad_input
 
     names = _names(name)
     if resume is not None and len(names) != 1:
@@ -49,7 +49,7 @@ def train_command(
         raise typer.Exit(2)
     for short in names:
         recipe = replace(RECIPES[short], seed=seed)
-        with _bad_input():
+        with bad_input():
             record = train(recipe, out / short, minutes=minutes, log=lambda line: typer.echo(line, err=True),
                            resume=resume)
         typer.echo(f"{short}: {record['steps_done']} steps, train loss {record['final_train_loss']}, held-out loss "

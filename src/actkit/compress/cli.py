@@ -10,7 +10,6 @@ from its own module with ``prune_app.command("name")(function)``).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,42 +20,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from actkit.cli_common import DEFAULT_MODEL, ModelOption, bad_input, group, show_progress
 from actkit.compress.calibration import DEFAULT_DOCUMENTS
 from actkit.errors import ActkitError
 
-prune_app = typer.Typer(
-    help="Prune a model: weights scored by activation norms, or whole MoE experts; export a checkpoint.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+prune_app = group("prune", "Prune a model: weights scored by activation norms, or whole MoE experts; export a checkpoint.")
 
 #: Held-out documents of the built-in corpus scored before and after pruning (0 turns the check off).
 EVAL_DOCUMENTS = 64
-
-
-def _default_model() -> str:
-    from actkit.cli import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
-
-
-def _shown_default() -> str | bool:
-    """The default model for ``--help`` when ``actkit.cli`` is loading us (the usual way), else click's marker."""
-    return getattr(sys.modules.get("actkit.cli"), "DEFAULT_MODEL", True)
-
-
-ModelOption = Annotated[str, typer.Option(
-    "--model", "-m", default_factory=_default_model, show_default=_shown_default(),
-    help="builtin:NAME, a local folder, a .gguf file, a hub id, or a packaged model (smollm2-135m-instruct).")]
-
-
-@contextmanager
-def _bad_input() -> Iterator[None]:
-    from actkit.cli import _bad_input as root_bad_input
-
-    with root_bad_input():
-        yield
 
 
 @contextmanager
@@ -78,7 +49,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
 def weights_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pruned checkpoint (from_pretrained "
                                       "loads it) and pruning.json.")],
-    model: ModelOption,
+    model: ModelOption = DEFAULT_MODEL,
     method: Annotated[str, typer.Option("--method", help="magnitude, wanda, sparsegpt or dass.")] = "wanda",
     sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="Fraction of each layer's weights to "
                                                    "remove, in [0, 1); implied by --pattern.")] = None,
@@ -104,7 +75,6 @@ def weights_command(
     """Prune the linear layers of every block (magnitude, Wanda, SparseGPT or DaSS; unstructured or N:M) and
     export an ordinary Hugging Face checkpoint with pruning.json."""
     from actkit.builtin import corpus
-    from actkit.cli import _show_progress
     from actkit.compress.calibration import calibration_texts
     from actkit.compress.masks import parse_pattern, resolve_sparsity
     from actkit.compress.weights import METHODS, REPORT_FILE, prune_weights
@@ -112,7 +82,7 @@ def weights_command(
     from actkit.models import load
     from actkit.models.checkpoint import check_output_folder, save_checkpoint
 
-    with _bad_input():
+    with bad_input():
         if method not in METHODS:
             raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
         resolve_sparsity(sparsity, parse_pattern(pattern))
@@ -126,7 +96,7 @@ def weights_command(
         calibration = None if method == "magnitude" else calibration_texts(text, documents=calibration_documents,
                                                                             seed=seed)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
-        with _progress(_show_progress(as_json)) as on_block:
+        with _progress(show_progress(as_json)) as on_block:
             pruned, report = prune_weights(loaded, tokenizer, method, sparsity, pattern, calibration=calibration,
                                            keep_attention_dense=keep_attention_dense, batch_size=batch_size,
                                            on_block=on_block)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +16,15 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from actkit.cli_common import (
+    DEFAULT_MODEL,
+    DeviceOption,
+    DtypeOption,
+    JsonOption,
+    ModelOption,
+    bad_input,
+    group,
+)
 from actkit.errors import ActkitError
 
 #: Context (tokens per document) when --context is not given, capped at the model's own limit.
@@ -24,30 +32,12 @@ DEFAULT_CONTEXT = 256
 #: Held-out documents of the built-in corpus read when --text is not given.
 DEFAULT_DOCUMENTS = 256
 
-eval_app = typer.Typer(
-    name="eval",
-    help="Evaluate a model: perplexity on held-out text, optionally under activation sparsity.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _default_model() -> str:
-    from actkit.cli import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
-
-
-def _shown_default() -> str | bool:
-    return getattr(sys.modules.get("actkit.cli"), "DEFAULT_MODEL", True)
+eval_app = group("eval", "Evaluate a model: perplexity on held-out text, optionally under activation sparsity.")
 
 
 @eval_app.command("perplexity")
 def perplexity_command(
-    model: Annotated[str, typer.Option(
-        "--model", "-m", default_factory=_default_model, show_default=_shown_default(),
-        help="builtin:NAME, a local folder, a .gguf file, a hub id, or a packaged model (smollm2-135m-instruct).")],
+    model: ModelOption = DEFAULT_MODEL,
     text: Annotated[Path | None, typer.Option("--text", "-t", help="Text file, one document per line (default: "
                                               "the built-in corpus's held-out split).")] = None,
     context: Annotated[int | None, typer.Option("--context", help=f"Tokens per document: longer documents are "
@@ -63,12 +53,11 @@ def perplexity_command(
         "--calibration-text", help="Text file TEAL calibrates its thresholds on (default: the built-in "
         "corpus's training split; never the evaluated text).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")] = 16,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only, on stdout.")] = False,
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16 or float16.")] = "float32",
-    device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+    as_json: JsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Perplexity of a model on held-out text at a fixed, stated context, optionally with activation sparsity."""
-    from actkit.cli import _bad_input
     from actkit.compress.activation import ActivationSparsity, prepare_activation_sparsity
     from actkit.compress.activation import activation_sparsity as sparsified
     from actkit.compress.calibration import calibration_texts
@@ -76,7 +65,7 @@ def perplexity_command(
     from actkit.evaluate.perplexity import nll
     from actkit.models import load
 
-    with _bad_input():
+    with bad_input():
         if context is not None and context < 2:
             raise ActkitError(f"--context must be at least 2 tokens (one to predict from, one to predict), "
                               f"got {context}")

@@ -13,70 +13,28 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from actkit.cli_common import (
+    DEFAULT_MODEL,
+    DeviceOption,
+    DtypeOption,
+    ForceOption,
+    JsonOption,
+    ModelOption,
+    bad_input,
+    group,
+    stdout,
+)
 from actkit.errors import ActkitError
 from actkit.steer.pairs import DATA_DIR, pairs_path
 
-
-def _default_model() -> str:
-    from actkit.cli import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
-
-
-def _shown_default() -> str | bool:
-    """The default model for ``--help`` when ``actkit.cli`` is loading us (the usual way), else click's marker."""
-    return getattr(sys.modules.get("actkit.cli"), "DEFAULT_MODEL", True)
-
-
-ModelOption = Annotated[str, typer.Option(
-    "--model", "-m", default_factory=_default_model, show_default=_shown_default(),
-    help="builtin:NAME, a local folder, a .gguf file, a hub id, or a packaged model (smollm2-135m-instruct).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON only, on stdout.")]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16 or float16.")]
-DeviceOption = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
-
-vector_app = typer.Typer(
-    name="vector",
-    help="Steering vectors: train one from contrast pairs, inspect a file, export it for llama.cpp.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@contextmanager
-def _bad_input() -> Iterator[None]:
-    """`actkit.cli`'s convention (message on stderr, exit 2); after success, warnings (a vector made for another
-    model of the same shape) become ``warning:`` lines on stderr."""
-    from actkit.cli import _bad_input as root_bad_input
-
-    with root_bad_input(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        yield
-        for w in caught:
-            if issubclass(w.category, UserWarning):
-                _stderr().print(Text.assemble(("warning:", "bold yellow"), " ", str(w.message)))
-
-
-def _stdout() -> Console:
-    return Console(soft_wrap=True)
-
-
-def _stderr() -> Console:
-    return Console(stderr=True, soft_wrap=True)
+vector_app = group("vector", "Steering vectors: train one from contrast pairs, inspect a file, export it for llama.cpp.")
 
 
 def parse_layers(text: str) -> list[int] | None:
@@ -113,7 +71,7 @@ def train_command(
                                        "(or CAA's A/B lines), or a shipped file: builtin:sentiment, "
                                        "builtin:weddings.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The vector file to write (safetensors).")],
-    model: ModelOption,
+    model: ModelOption = DEFAULT_MODEL,
     layers: Annotated[str, typer.Option("--layers", "-l", help="'auto' (rank blocks by held-out separation and "
                                         "train at the best), 'all', or block indices such as 3 or 3,5 "
                                         "(negative from the end).")] = "auto",
@@ -134,7 +92,7 @@ def train_command(
     from actkit.models import load
     from actkit.steer import METHODS, read_pairs, save_vector, select_layers, train_vector
 
-    with _bad_input():
+    with bad_input():
         if method not in METHODS:
             raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
         if batch_size <= 0:
@@ -162,7 +120,7 @@ def train_command(
             "norms": norms, "mean_norms": mean_norms, "ranking": ranking,
         }, indent=2))
         return
-    console = _stdout()
+    console = stdout()
     if ranking is not None:
         console.print(_ranking_table(ranking, vector.layers))
     for layer in vector.layers:
@@ -202,7 +160,7 @@ def inspect_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show a vector file: what it was trained on, its layers and their norms."""
-    with _bad_input():
+    with bad_input():
         loaded = None
         if model is not None:
             from actkit.models import load
@@ -221,7 +179,7 @@ def inspect_command(
         typer.echo(json.dumps({"path": str(path), "format": kind, "site": vector.site, "layers": vector.layers,
                                "hidden_size": vector.hidden_size, "norms": rows, "metadata": meta}, indent=2))
         return
-    console = _stdout()
+    console = stdout()
     facts = [("model", meta.get("model", meta.get("model_hint"))), ("method", meta.get("method")),
              ("normalization", meta.get("normalization")), ("site", vector.site),
              ("read positions", meta.get("read_positions")), ("pairs", meta.get("n_pairs")),
@@ -252,7 +210,7 @@ def export_command(
     """Export a vector to another tool's format (llama.cpp: --control-vector-scaled FILE STRENGTH)."""
     from actkit.steer import export_gguf, load_vector
 
-    with _bad_input():
+    with bad_input():
         if format.lower() != "gguf":
             raise ActkitError(f"unknown --format {format!r}; the supported format is gguf")
         target = out if out is not None else path.with_suffix(".gguf")
@@ -265,14 +223,14 @@ def export_command(
         typer.echo(json.dumps({"path": str(path), "out": str(target), "format": "gguf", "layers": vector.layers},
                               indent=2))
         return
-    _stdout().print(Text(f"wrote {target}: {len(vector.layers)} direction(s) at blocks "
+    stdout().print(Text(f"wrote {target}: {len(vector.layers)} direction(s) at blocks "
                          f"{', '.join(map(str, vector.layers))}; use it with llama.cpp's "
                          f"--control-vector-scaled {target} 1.0"), highlight=False)
 
 
 def generate_command(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeat for a batch).")],
-    model: ModelOption,
+    model: ModelOption = DEFAULT_MODEL,
     vector: Annotated[Path | None, typer.Option("--vector", "-v", help="A steering vector file (.safetensors "
                                                 "or a .gguf control vector).")] = None,
     coef: Annotated[float | None, typer.Option("--coef", "-c", help="Steering coefficient (default 1 with "
@@ -313,7 +271,7 @@ def generate_command(
     from actkit.models import load
     from actkit.steer import SteeringVector, generate
 
-    with _bad_input():
+    with bad_input():
         if vector is None:
             for name, given in (("--coef", coef is not None), ("--relative", relative), ("--layers", layers),
                                 ("--compare", compare)):
@@ -368,7 +326,7 @@ def generate_command(
                 row["unsteered"] = plain[i]
             typer.echo(json.dumps({**row, **settings}))
         return
-    console = _stdout()
+    console = stdout()
     for i, (p, c) in enumerate(zip(prompt, completions, strict=True)):
         if plain is None:
             console.print(Text.assemble((p, "bold"), c))

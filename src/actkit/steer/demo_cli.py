@@ -10,12 +10,21 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from actkit.cli_common import (
+    DEFAULT_MODEL,
+    DeviceOption,
+    DtypeOption,
+    JsonOption,
+    ModelOption,
+    bad_input,
+    stderr,
+    stdout,
+)
 from actkit.errors import ActkitError
-from actkit.steer.cli import DeviceOption, DtypeOption, JsonOption, ModelOption, _bad_input, _stderr, _stdout
 
 
 def demo_command(
-    model: ModelOption,
+    model: ModelOption = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md, results.json, steering.png and "
                                       "the vectors.")] = Path("actkit-demo"),
     prompts: Annotated[int, typer.Option("--prompts", help="Prompts per experiment.")] = 8,
@@ -38,12 +47,12 @@ def demo_command(
     from actkit.report.steering import REPORT_FILES, write_steering_report
     from actkit.steer.demo import experiments_for, run_demo, vector_files
 
-    with _bad_input():
+    with bad_input():
         if prompts < 1 or max_new_tokens < 1:
             raise ActkitError("--prompts and --max-new-tokens must be at least 1")
         experiments = experiments_for(model)
         check_writable(out, REPORT_FILES + vector_files(experiments), overwrite=force)
-        log = None if as_json else (lambda line: _stderr().print(Text(line, style="dim")))
+        log = None if as_json else (lambda line: stderr().print(Text(line, style="dim")))
         if log:
             log(f"loading {model}")
         loaded, tokenizer = load(model, dtype=dtype, device=device)
@@ -53,7 +62,7 @@ def demo_command(
     if as_json:
         typer.echo(to_json(result))
         return
-    console = _stdout()
+    console = stdout()
     for exp in result["experiments"]:
         console.print(_table(exp))
         for example in exp["examples"][:2]:

@@ -62,7 +62,7 @@ def experts_command(
     """Prune (REAP, EAN, frequency) or merge the experts of every MoE block to a kept fraction and export an
     ordinary Hugging Face checkpoint with a report."""
     from actkit.builtin import corpus
-    from actkit.cli import _bad_input
+    from actkit.cli_common import bad_input
     from actkit.compress.calibration import calibration_texts
     from actkit.compress.experts.prune import prune_experts
     from actkit.compress.experts.scores import parse_experts
@@ -70,7 +70,7 @@ def experts_command(
     from actkit.models import load
     from actkit.models.checkpoint import check_output_folder, save_checkpoint
 
-    with _bad_input():
+    with bad_input():
         if method not in METHODS:
             raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
         if not keep > 0 or (keep > 1 and not float(keep).is_integer()):
