@@ -7,46 +7,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import actkit
 from actkit import cli
-from actkit.models.packaged import byte_tokenizer
 
-from tiny import build
+from cli_helpers import assert_bad_input, invoke, save_tiny
 
-runner = CliRunner()
 LAYER_KEYS = {"index", "resid_norm_mean", "resid_norm_p50", "resid_norm_p99", "resid_norm_max"}
 PROFILE_KEYS = {"model", "tokens", "layers", "massive", "logits", "unavailable"}
-
-
-def invoke(*args: str):
-    return runner.invoke(cli.app, list(args))
-
-
-def assert_bad_input(result, *needles: str) -> None:
-    """Exit status 2, the message on stderr after a plain 'error:', no traceback."""
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
-    assert result.stdout == ""
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random BERT and Mixtral saved as ordinary Hugging Face folders, with a byte-level tokenizer."""
-    tokenizer = byte_tokenizer()
-    out = {}
-    for family in ("bert", "mixtral"):
-        model = build(family)
-        model.resize_token_embeddings(len(tokenizer))
-        folder = tmp_path_factory.mktemp(family)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        out[family] = folder
-    return out
+    return {family: save_tiny(family, tmp_path_factory.mktemp(family)) for family in ("bert", "mixtral")}
 
 
 def test_version() -> None:

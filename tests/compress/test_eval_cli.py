@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-import actkit.models
-from actkit import cli
 from actkit.builtin import corpus
 from actkit.evaluate.perplexity import nll
 
-runner = CliRunner()
+from cli_helpers import assert_bad_input, invoke
 
-
-def invoke(*args: str | Path):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def assert_bad_input(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: "), result.stderr
-    assert "Traceback" not in result.output and result.stdout == ""
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cached_load():
-    """Load each model once for the whole module (the commands import `load` when they run)."""
-    original = actkit.models.load
-    cache: dict[tuple, tuple] = {}
-
-    def load(spec, *, dtype="float32", device="cpu"):
-        key = (str(spec), str(dtype), str(device))
-        if key not in cache:
-            cache[key] = original(spec, dtype=dtype, device=device)
-        return cache[key]
-
-    actkit.models.load = load
-    yield load
-    actkit.models.load = original
+pytestmark = pytest.mark.usefixtures("cached_load")  # each model loaded once for the module
 
 
 def test_json_is_the_perplexity_of_the_held_out_text(cached_load) -> None:

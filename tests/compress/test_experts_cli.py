@@ -7,41 +7,16 @@ from pathlib import Path
 
 import pytest
 import transformers as tf
-from typer.testing import CliRunner
 
-from actkit import cli
 from actkit.compress.experts import REPORT_FILE
-from actkit.models.packaged import byte_tokenizer
 
-from tiny import build
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(cli.app, list(args))
-
-
-def assert_bad_input(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: "), result.stderr
-    assert "Traceback" not in result.output and result.stdout == ""
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
+from cli_helpers import assert_bad_input, invoke, save_tiny
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random Mixtral and Llama as Hugging Face folders with a byte tokenizer, and a calibration file."""
-    tokenizer = byte_tokenizer()
-    out = {}
-    for family in ("mixtral", "llama"):
-        model = build(family)
-        model.resize_token_embeddings(len(tokenizer))
-        folder = tmp_path_factory.mktemp(family)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        out[family] = folder
+    out = {family: save_tiny(family, tmp_path_factory.mktemp(family)) for family in ("mixtral", "llama")}
     text = tmp_path_factory.mktemp("text") / "calibration.txt"
     text.write_text("the cat sat on the mat\nan expert is a small MLP chosen by a router\nthird line\n")
     out["text"] = text

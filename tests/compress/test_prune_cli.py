@@ -9,27 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
 import actkit
-from actkit import cli
 
-runner = CliRunner()
+from cli_helpers import assert_bad_input
+from cli_helpers import invoke as run
+
 MODEL = "builtin:toy-dense"
 
 
 def invoke(*args: str | Path):
-    return runner.invoke(cli.app, ["prune", "weights", "--model", MODEL, *[str(a) for a in args]])
-
-
-def assert_bad_input(result, *needles: str) -> None:
-    """Exit status 2, the message on stderr after a plain 'error:', no traceback, nothing on stdout."""
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
-    assert result.stdout == ""
+    return run("prune", "weights", "--model", MODEL, *args)
 
 
 def test_export_loads_in_transformers_with_the_zeros(tmp_path: Path) -> None:

@@ -8,47 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-import actkit.models
-from actkit import cli
 from actkit.steer import SteeringVector, generate, load_vector, save_vector
 from actkit.steer.cli import DATA_DIR
 
-runner = CliRunner()
+from cli_helpers import assert_bad_input, invoke
+
+pytestmark = pytest.mark.usefixtures("cached_load")  # each model loaded once for the module
+
 NEGATIVE = "Anna reviewed the hotel, 1 stars:"
 NEUTRAL = "Tom reviewed the gym:"
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def assert_bad_input(result, *needles: str) -> None:
-    """Exit status 2, the message on stderr after a plain 'error:', no traceback, nothing on stdout."""
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in result.stderr, result.stderr
-    assert result.stdout == ""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cached_load():
-    """Load each model once for the whole module (the commands import `load` when they run)."""
-    original = actkit.models.load
-    cache: dict[tuple, tuple] = {}
-
-    def load(spec, *, dtype="float32", device="cpu"):
-        key = (str(spec), str(dtype), str(device))
-        if key not in cache:
-            cache[key] = original(spec, dtype=dtype, device=device)
-        return cache[key]
-
-    actkit.models.load = load
-    yield load
-    actkit.models.load = original
 
 
 @pytest.fixture(scope="module")
