@@ -9,7 +9,9 @@ Each run is a prefill of ``--prompt`` tokens then ``--new`` greedy decode steps 
 loop, so no sampling machinery is timed). The sparse runs use `SparseDecoder` (the single-token CPU path; the
 prefill is masked dense, as there is nothing to skip in a matrix-matrix product). Dense and every sparse
 configuration are interleaved run by run after a warm-up, and medians over ``--runs`` runs are reported. The MLP
-is also timed alone on one token (block 0, a real decode-step input), interleaved the same way.
+is also timed alone on one token (block 0, a real decode-step input), interleaved the same way. One more dense
+configuration runs a bfloat16 copy of the model, the dense way to halve the bytes read, for comparison with the
+sparse path's bfloat16 tables.
 
 The lm_head (32000 x 2048) stays dense in every configuration (TEAL and WINA sparsify the blocks' projections
 only), so the whole-model ratio is bounded by it: with 4 blocks it is about a fifth of the bytes read per token.
@@ -20,6 +22,7 @@ only), so the whole-model ratio is bounded by it: with 4 blocks it is about a fi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -38,6 +41,7 @@ from actkit.compress.sparse_decode import SparseDecoder
 from machine import cpu_model
 
 SPARSITIES = (0.25, 0.5, 0.65)
+DENSE_BF16 = "dense, bf16 weights"
 
 
 def build_model(blocks: int) -> transformers.LlamaForCausalLM:
@@ -114,16 +118,20 @@ def main() -> None:
                                                     dtype=torch.bfloat16)
     configs["wina:0.5"] = SparseDecoder(model, plan_activation_sparsity(model, "wina:0.5"))
 
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)  # the dense alternative that also halves the bytes
+    names = [*configs, DENSE_BF16]
+
     def active(dec: SparseDecoder | None) -> AbstractContextManager[SparsityStats | None]:
         return dec.active() if dec is not None else nullcontext(None)
 
-    prefill: dict[str, list[float]] = {k: [] for k in configs}
-    decode: dict[str, list[float]] = {k: [] for k in configs}
+    prefill: dict[str, list[float]] = {k: [] for k in names}
+    decode: dict[str, list[float]] = {k: [] for k in names}
     achieved: dict[str, float] = {}
     for run in range(args.warmup + args.runs):
-        for name, dec in configs.items():
+        for name in names:
+            dec = configs.get(name)
             with active(dec) as stats:
-                p, d = decode_run(model, prompt, args.new)
+                p, d = decode_run(bf16 if name == DENSE_BF16 else model, prompt, args.new)
             if run >= args.warmup:
                 prefill[name].append(p)
                 decode[name].append(d)
@@ -132,14 +140,16 @@ def main() -> None:
 
     x = mlp_input(model, prompt)
     mlp = model.model.layers[0].mlp
+    mlp_bf16, x_bf16 = bf16.model.layers[0].mlp, x.to(torch.bfloat16)
     mlp_names = [p.name for p in configs["teal:0.5"].plan.projections if ".layers.0.mlp." in p.name]  # type: ignore[union-attr]
-    mlp_times: dict[str, list[float]] = {k: [] for k in configs}
+    mlp_times: dict[str, list[float]] = {k: [] for k in names}
     mlp_achieved: dict[str, float] = {}
     with torch.inference_mode():
         for run in range(args.warmup + args.mlp_runs):
-            for name, dec in configs.items():
+            for name in names:
+                dec = configs.get(name)
                 with active(dec) as stats:
-                    t = timed(lambda: mlp(x))
+                    t = timed(lambda: mlp_bf16(x_bf16)) if name == DENSE_BF16 else timed(lambda: mlp(x))
                 if run >= args.warmup:
                     mlp_times[name].append(t)
                 if stats is not None:
@@ -147,7 +157,7 @@ def main() -> None:
                     mlp_achieved[name] = sum(stats.zeroed.get(n, 0) for n in mlp_names) / seen
 
     med = {k: {"prefill_s": statistics.median(prefill[k]), "decode_s": statistics.median(decode[k]),
-               "mlp_s": statistics.median(mlp_times[k])} for k in configs}
+               "mlp_s": statistics.median(mlp_times[k])} for k in names}
     dense = med["dense"]
     kernels = {name: sorted(set(dec.kernels.values())) for name, dec in configs.items() if dec is not None}
     result = {
@@ -163,7 +173,7 @@ def main() -> None:
                         "decode_speedup": dense["decode_s"] / med[k]["decode_s"],
                         "mlp_speedup": dense["mlp_s"] / med[k]["mlp_s"],
                         "achieved_sparsity": achieved.get(k, 0.0), "mlp_achieved_sparsity": mlp_achieved.get(k, 0.0),
-                        "kernels": kernels.get(k, [])} for k in configs},
+                        "kernels": kernels.get(k, [])} for k in names},
     }
     m = result["machine"]
     print(f"{m['cpu']} · {m['threads']} threads · torch {m['torch']} · {args.blocks} blocks of hidden 2048 / "

@@ -122,3 +122,20 @@ def test_batches_use_masking_and_one_sequence_the_sparse_path() -> None:
     with sparsity_for(model, plan, rows=2):
         assert "forward" not in model.model.layers[0].self_attn.q_proj.__dict__
         assert model.model.layers[0].self_attn.q_proj._forward_pre_hooks
+
+
+def test_an_input_changed_in_place_is_recomputed() -> None:
+    model = tiny.build("llama")
+    batches = [(tiny.tokens(4, 16), torch.ones(4, 16, dtype=torch.long))]
+    plan = plan_activation_sparsity(model, "teal:0.5", calibration=calibrate_teal_batches(model, batches))
+    gate, up = model.model.layers[1].mlp.gate_proj, model.model.layers[1].mlp.up_proj
+    x = torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), activation_sparsity(model, plan):
+        expected = [up(x), up(2 * x)]
+    with torch.inference_mode(), sparse_decode(model, plan, kernel="coo"):
+        gate(x)  # fills the shared gate/up product for x
+        first = up(x)
+        x.mul_(2)  # the same tensor object, new values
+        second = up(x)
+    torch.testing.assert_close(first, expected[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(second, expected[1], rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@ both cases (up to float summation order).
 
 Projections that read the same tensor and keep the same entries (q/k/v and gate/up under TEAL) share one fused
 table, so their weights are read in one pass; the first of them computes the fused product and the others take
-their slice. The tables are a transposed copy of the weights (float32, or bfloat16 to halve the bytes read), built
+their slice. A product is served at most once to each member and only for the very same input tensor (unchanged
+since, by its version counter where it has one), so a buffer refilled in place is never answered from the past. The tables are a transposed copy of the weights (float32, or bfloat16 to halve the bytes read), built
 once per `SparseDecoder`; the model's own parameters are never changed, and the original forwards are restored on
 exit, also after an exception.
 """
@@ -36,9 +37,22 @@ class _Fused:
 
     rule: Rule
     op: SparseMatvec
+    members: list[str] = field(default_factory=list)
     last_input: torch.Tensor | None = None
+    last_version: int = -1
     last_output: torch.Tensor | None = None
     last_kept: int = 0
+    pending: set[str] = field(default_factory=set)
+
+    def reusable(self, name: str, x: torch.Tensor) -> bool:
+        """Whether `name` may take its slice of the last product: the same tensor, not yet served to `name`, and
+        not changed in place since (checked by version counter; inference tensors have none)."""
+        return (x is self.last_input and name in self.pending
+                and (x.is_inference() or x._version == self.last_version))
+
+    def forget(self) -> None:
+        self.last_input = self.last_output = None
+        self.pending = set()
 
 
 @dataclass
@@ -80,7 +94,7 @@ class SparseDecoder:
         if any(b is not None for b in biases):
             bias = torch.cat([b if b is not None else torch.zeros(p.out_features, dtype=weight.dtype)
                               for p, b in zip(projs, biases, strict=True)])
-        fused = _Fused(rule, SparseMatvec(weight, bias, dtype=dtype, kernel=kernel))
+        fused = _Fused(rule, SparseMatvec(weight, bias, dtype=dtype, kernel=kernel), [p.name for p in projs])
         start = 0
         for p in projs:
             self.members.append(_Member(p, fused, start, start + p.out_features))
@@ -111,7 +125,7 @@ class SparseDecoder:
                     module.forward = previous
             for member in self.members:
                 member.original = None
-                member.fused.last_input = member.fused.last_output = None
+                member.fused.forget()
 
     def _forward(self, member: _Member, stats: SparsityStats) -> Callable[[torch.Tensor], torch.Tensor]:
         fused, rule, n = member.fused, member.fused.rule, member.proj.in_features
@@ -123,12 +137,14 @@ class SparseDecoder:
                 stats.add(name, int((~keep).sum()), int(keep.numel()))
                 assert member.original is not None
                 return member.original(x.masked_fill(~keep, 0))
-            if fused.last_input is not x:
+            if not fused.reusable(name, x):
                 v = x.reshape(-1)
                 idx = rule.kept_indices(v)
                 fused.last_output = fused.op(idx, v[idx])
-                fused.last_input = x
-                fused.last_kept = int(idx.numel())
+                fused.last_input, fused.last_kept = x, int(idx.numel())
+                fused.last_version = -1 if x.is_inference() else x._version
+                fused.pending = set(fused.members)
+            fused.pending.discard(name)
             assert fused.last_output is not None
             stats.add(name, n - fused.last_kept, n)
             return fused.last_output[member.start:member.stop].to(x.dtype).reshape(*x.shape[:-1], width)
