@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,18 +42,7 @@ from actkit.compress.experts.stats import token_batches
 from actkit.core.collect import context_length
 from actkit.models.checkpoint import save_checkpoint
 
-from machine import cpu_model
-
-
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+from machine import cpu_model, interleaved
 
 
 def _kib(field: str) -> int | None:

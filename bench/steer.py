@@ -45,7 +45,7 @@ from actkit.core.positions import StepContext
 from actkit.steer import generate_ids, read_pairs, train_vector
 from actkit.steer.pairs import DATA_DIR
 
-from machine import cpu_model
+from machine import cpu_model, interleaved
 
 PROMPTS = {
     "builtin:toy-dense": ["Anna reviewed the hotel, 1 stars:", "Tom reviewed the gym:",
@@ -60,18 +60,6 @@ PROMPTS = {
 #: Pairs file, layer and read position of the vector each model is steered with.
 SETUP = {"builtin:toy-dense": ("toy-sentiment", 3, "last"), "smollm2-135m-instruct": ("sentiment", 12, "from:1")}
 
-
-
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per run of each variant; every round runs every variant once, so drift hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def paired(a: list[float], b: list[float]) -> float:

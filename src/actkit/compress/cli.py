@@ -20,7 +20,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from actkit.cli_common import DEFAULT_MODEL, ModelOption, bad_input, group, show_progress
+from actkit.cli_common import (
+    DEFAULT_MODEL,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    bad_input,
+    group,
+    show_progress,
+)
 from actkit.compress.calibration import DEFAULT_DOCUMENTS
 from actkit.errors import ActkitError
 
@@ -28,6 +36,18 @@ prune_app = group("prune", "Prune a model: weights scored by activation norms, o
 
 #: Held-out documents of the built-in corpus scored before and after pruning (0 turns the check off).
 EVAL_DOCUMENTS = 64
+
+#: Options every pruning command takes, one definition each.
+TextOption = Annotated[Path | None, typer.Option("--text", "-t", help="Calibration text, one document per line "
+                                                 "(default: the built-in corpus's training split).")]
+CalibrationDocumentsOption = Annotated[int, typer.Option("--calibration-documents",
+                                                         help="Calibration documents to use.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the built-in calibration sample.")]
+EvalDocumentsOption = Annotated[int, typer.Option("--eval-documents", help="Held-out built-in documents whose "
+                                                  "perplexity is measured before and after (0: skip).")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")]
+ReplaceOption = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
+ReportJsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON only, on stdout.")]
 
 
 @contextmanager
@@ -55,22 +75,17 @@ def weights_command(
                                                    "remove, in [0, 1); implied by --pattern.")] = None,
     pattern: Annotated[str | None, typer.Option("--pattern", "-p", help="Keep N of every M consecutive weights, "
                                                 "written N:M (2:4, 4:8); default unstructured.")] = None,
-    text: Annotated[Path | None, typer.Option("--text", "-t", help="Calibration text, one document per line "
-                                              "(default: the built-in corpus's training split).")] = None,
-    calibration_documents: Annotated[int, typer.Option("--calibration-documents", help="Calibration documents "
-                                                       "to use.")] = DEFAULT_DOCUMENTS,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in calibration sample.")] = 0,
+    text: TextOption = None,
+    calibration_documents: CalibrationDocumentsOption = DEFAULT_DOCUMENTS,
+    seed: SeedOption = 0,
     keep_attention_dense: Annotated[bool, typer.Option("--keep-attention-dense", help="Prune the MLP layers "
                                                        "only.")] = False,
-    eval_documents: Annotated[int, typer.Option("--eval-documents", help="Held-out built-in documents whose "
-                                                "perplexity is measured before and after (0: skip).")
-                              ] = EVAL_DOCUMENTS,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")] = 8,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON only, on stdout.")] = False,
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16 or float16.")
-                     ] = "float32",
-    device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+    eval_documents: EvalDocumentsOption = EVAL_DOCUMENTS,
+    batch_size: BatchSizeOption = 8,
+    force: ReplaceOption = False,
+    as_json: ReportJsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Prune the linear layers of every block (magnitude, Wanda, SparseGPT or DaSS; unstructured or N:M) and
     export an ordinary Hugging Face checkpoint with pruning.json."""

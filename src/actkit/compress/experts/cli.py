@@ -18,15 +18,24 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from actkit.cli_common import DeviceOption, DtypeOption
 from actkit.compress.calibration import DEFAULT_DOCUMENTS
+from actkit.compress.cli import (
+    EVAL_DOCUMENTS,
+    BatchSizeOption,
+    CalibrationDocumentsOption,
+    EvalDocumentsOption,
+    ReplaceOption,
+    ReportJsonOption,
+    SeedOption,
+    TextOption,
+)
 from actkit.compress.experts.prune import REPORT_FILE
 from actkit.compress.experts.scores import METHODS
 from actkit.errors import ActkitError
 
 #: The model ``prune experts`` uses without ``--model``: the default model of the other commands is dense.
 DEFAULT_MOE_MODEL = "builtin:toy-moe"
-#: Held-out documents of the built-in corpus scored before and after (0 turns the check off).
-EVAL_DOCUMENTS = 64
 
 
 def experts_command(
@@ -40,24 +49,19 @@ def experts_command(
                       ] = "reap",
     keep: Annotated[float, typer.Option("--keep", "-k", help="Experts each MoE block keeps: a fraction in (0, 1] "
                                         "or a whole number; at least the router's top-k.")] = 0.5,
-    text: Annotated[Path | None, typer.Option("--text", "-t", help="Calibration text, one document per line "
-                                              "(default: the built-in corpus's training split).")] = None,
+    text: TextOption = None,
     protect: Annotated[str | None, typer.Option("--protect", help="Experts always kept: LAYER:EXPERT,... "
                                                 "(for example 0:3,2:5).")] = None,
-    calibration_documents: Annotated[int, typer.Option("--calibration-documents", help="Calibration documents "
-                                                       "to use.")] = DEFAULT_DOCUMENTS,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in calibration sample.")] = 0,
+    calibration_documents: CalibrationDocumentsOption = DEFAULT_DOCUMENTS,
+    seed: SeedOption = 0,
     every_token: Annotated[bool, typer.Option("--every-token", help="Run every expert on every calibration token "
                                               "(REAP's reference observer; E/k times the expert cost).")] = False,
-    eval_documents: Annotated[int, typer.Option("--eval-documents", help="Held-out built-in documents whose "
-                                                "perplexity is measured before and after (0: skip).")
-                              ] = EVAL_DOCUMENTS,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")] = 8,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON only, on stdout.")] = False,
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16 or float16.")
-                     ] = "float32",
-    device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")] = "cpu",
+    eval_documents: EvalDocumentsOption = EVAL_DOCUMENTS,
+    batch_size: BatchSizeOption = 8,
+    force: ReplaceOption = False,
+    as_json: ReportJsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Prune (REAP, EAN, frequency) or merge the experts of every MoE block to a kept fraction and export an
     ordinary Hugging Face checkpoint with a report."""
