@@ -20,9 +20,18 @@ def masked_dense(weight: torch.Tensor, bias: torch.Tensor | None, idx: torch.Ten
     return torch.nn.functional.linear(kept, weight, bias)
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """The bag kernel splits the kept rows into several bags when torch has more than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("keep", [0, 1, 37, 96])
-def test_matvec_equals_the_masked_dense_product(kernel, keep) -> None:
+@pytest.mark.parametrize("keep", [0, 1, 3, 37, 96])
+def test_matvec_equals_the_masked_dense_product(kernel, keep, threads) -> None:
     g = torch.Generator().manual_seed(keep)
     weight = torch.randn(80, 96, generator=g)
     bias = torch.randn(80, generator=g)
