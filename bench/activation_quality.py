@@ -9,7 +9,7 @@ sparsity. Every token is sparsified (prefill included), the same for all three m
 
     python bench/activation_quality.py [--models builtin:toy-dense smollm2-135m-instruct] [--documents 128]
                                        [--text heldout|english] [--context 256] [--calibration-documents 256]
-                                       [--json]
+                                       [--extra-teal 0.6 0.62 0.63] [--json]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from machine import cpu_model
 SPARSITIES = (0.25, 0.5, 0.65)
 
 
-def evaluate(name: str, text: str, documents: int, context: int, calibration_documents: int) -> dict[str, Any]:
+def evaluate(name: str, text: str, documents: int, context: int, calibration_documents: int,
+             extra_teal: list[float]) -> dict[str, Any]:
     model, tokenizer = actkit.load(name)
     ctx = min(context, context_length(model, tokenizer))
     held = corpus.texts(documents, split="heldout") if text == "heldout" else default_texts()[:documents]
@@ -44,14 +45,13 @@ def evaluate(name: str, text: str, documents: int, context: int, calibration_doc
     rows: list[dict[str, Any]] = [{"method": "dense", "sparsity": 0.0, "perplexity": math.exp(total / count),
                                    "achieved": 0.0}]
     teal = calibrate_teal(model, tokenizer, calibration_texts(documents=calibration_documents), max_length=ctx)
-    for method in METHODS:
-        for s in SPARSITIES:
-            plan = plan_activation_sparsity(model, f"{method}:{s}", calibration=teal)
-            with activation_sparsity(model, plan) as stats:
-                total, n = nll(model, tokenizer, held, max_length=ctx)
-            assert n == count
-            rows.append({"method": method, "sparsity": s, "perplexity": math.exp(total / n),
-                         "achieved": stats.overall})
+    runs = [(m, s) for m in METHODS for s in SPARSITIES] + [("teal", s) for s in extra_teal]
+    for method, s in runs:
+        plan = plan_activation_sparsity(model, f"{method}:{s}", calibration=teal)
+        with activation_sparsity(model, plan) as stats:
+            total, n = nll(model, tokenizer, held, max_length=ctx)
+        assert n == count
+        rows.append({"method": method, "sparsity": s, "perplexity": math.exp(total / n), "achieved": stats.overall})
     return {"model": name, "text": text, "documents": len(held), "tokens": count, "context": ctx,
             "calibration": teal.record, "seconds": time.perf_counter() - start, "rows": rows}
 
@@ -63,12 +63,14 @@ def main() -> None:
     parser.add_argument("--text", choices=["heldout", "english"], default="heldout")
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--calibration-documents", type=int, default=256)
+    parser.add_argument("--extra-teal", type=float, nargs="*", default=[],
+                        help="More TEAL targets, to bracket WINA's achieved sparsity (TEAL overshoots its target).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = []
     print(f"{cpu_model()} · {torch.get_num_threads()} threads · torch {torch.__version__}")
     for name in args.models:
-        r = evaluate(name, args.text, args.documents, args.context, args.calibration_documents)
+        r = evaluate(name, args.text, args.documents, args.context, args.calibration_documents, args.extra_teal)
         results.append(r)
         dense = r["rows"][0]["perplexity"]
         cal = r["calibration"]
@@ -82,6 +84,9 @@ def main() -> None:
                 row = next(x for x in r["rows"] if x["method"] == m and x["sparsity"] == s)
                 cells.append(f"{row['perplexity']:9.4f} ({row['achieved']:.3f})")
             print(f"{s:8.2f} " + " ".join(f"{c:>18}" for c in cells))
+        for s in args.extra_teal:
+            row = next(x for x in r["rows"] if x["method"] == "teal" and x["sparsity"] == s)
+            print(f"TEAL at target {s:.2f}: {row['perplexity']:.4f} (achieved {row['achieved']:.3f})")
     if args.json:
         print(json.dumps(results))
 
