@@ -306,6 +306,14 @@ def answer_batches(recipe: Recipe, tokenizer: Any, steps: int, seed: int
         yield ids, mask, weights
 
 
+def _curve_point(curve: list[dict[str, float]], running: list[float], step: int, t0: float) -> dict[str, float]:
+    """Close a logging window: the mean loss since the last point goes on the curve, and the window restarts."""
+    point = {"step": step, "loss": round(sum(running) / len(running), 5), "seconds": round(time.perf_counter() - t0, 1)}
+    curve.append(point)
+    running.clear()
+    return point
+
+
 def _optimizer(model: Any, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -340,10 +348,7 @@ def _answer_stage(model: Any, tokenizer: Any, recipe: Recipe, offset: int, curve
         tokens += int(mask.sum())
         done = step + 1
         if done % recipe.log_every == 0 or done == recipe.answer_steps:
-            point = {"step": offset + done, "loss": round(sum(running) / len(running), 5),
-                     "seconds": round(time.perf_counter() - t0, 1)}
-            curve.append(point)
-            running = []
+            point = _curve_point(curve, running, offset + done, t0)
             if log is not None:
                 log(f"{recipe.name} step {point['step']}/{offset + recipe.answer_steps} weighted loss "
                     f"{point['loss']:.4f} {point['seconds']:.0f}s")
@@ -384,10 +389,7 @@ def _stage(model: Any, recipe: Recipe, inputs: torch.Tensor, labels: torch.Tenso
         tokens += int((labels[idx] != -100).sum())
         done = step + 1
         if done % recipe.log_every == 0 or done == steps:
-            point = {"step": offset + done, "loss": round(sum(running) / len(running), 5),
-                     "seconds": round(time.perf_counter() - t0, 1)}
-            curve.append(point)
-            running = []
+            point = _curve_point(curve, running, offset + done, t0)
             if log is not None:
                 log(f"{recipe.name} step {point['step']}/{offset + steps} loss {point['loss']:.4f} "
                     f"lr {_lr(schedule, step):.2e} {point['seconds']:.0f}s")
