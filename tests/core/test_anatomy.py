@@ -97,6 +97,37 @@ def test_mlp_hidden_equals_hand_computation(name: str) -> None:
             torch.testing.assert_close(caps[f"mlp_hidden.{i}"].last, expected, rtol=1e-5, atol=1e-6)
 
 
+def _output_projection(name: str, model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    if name == "gpt2":
+        return model.transformer.h[layer].attn.c_proj
+    if name == "gpt_neox":
+        return model.gpt_neox.layers[layer].attention.dense
+    if name == "bert":
+        return model.bert.encoder.layer[layer].attention.output.dense
+    return model.model.layers[layer].self_attn.o_proj
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_attention_sites_are_what_the_projections_read(name: str) -> None:
+    """attn_in is the block's input after its first norm; the output projection of attn_hidden gives attn_out."""
+    model, ids = build(name), tokens()
+    caps, _ = _read_everything(model, ids)
+    heads = model.config.num_attention_heads
+    for i in range(Anatomy.of(model).n_layers):
+        hidden = caps[f"attn_hidden.{i}"].last
+        assert hidden.shape[-1] % heads == 0
+        with torch.no_grad():
+            projected = _output_projection(name, model, i)(hidden)
+        if name in ("gemma2", "gemma3", "gemma3_text"):
+            projected = model.model.layers[i].post_attention_layernorm(projected)
+        if name != "bert":  # BERT adds the residual and normalises after the projection
+            torch.testing.assert_close(projected, caps[f"attn_out.{i}"].last, rtol=1e-5, atol=1e-6)
+        if name not in ("gpt2", "gpt_neox", "bert"):
+            with torch.no_grad():
+                normed = model.model.layers[i].input_layernorm(caps[f"resid_pre.{i}"].last)
+            torch.testing.assert_close(caps[f"attn_in.{i}"].last, normed, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", MOE)
 def test_expert_outputs_recombine_to_the_block_output(name: str) -> None:
     model, ids = build(name), tokens()

@@ -9,7 +9,9 @@ from actkit.core.anatomy import Experts, Family, Hook, register_family
 
 # Pre-norm decoders with a GLU MLP whose down projection is `mlp.down_proj` (Phi-3 fuses gate and up; the
 # down projection's input is the same act(gate) * up).
+_LLAMA_ATTENTION = {"attn_in": Hook("self_attn", "input"), "attn_hidden": Hook("self_attn.o_proj", "input")}
 _LLAMA_BLOCK = {
+    **_LLAMA_ATTENTION,
     "attn_out": Hook("self_attn"),
     "mlp_in": Hook("mlp", "input"),
     "mlp_hidden": Hook("mlp.down_proj", "input"),
@@ -36,6 +38,7 @@ register_family(
         layers="layers",
         embed=Hook("embed_tokens"),
         block={
+            **_LLAMA_ATTENTION,
             "attn_out": Hook("post_attention_layernorm"),
             "mlp_in": Hook("mlp", "input"),
             "mlp_hidden": Hook("mlp.down_proj", "input"),
@@ -63,6 +66,8 @@ register_family(
         layers="h",
         embed=Hook("wte"),
         block={
+            "attn_in": Hook("attn", "input"),
+            "attn_hidden": Hook("attn.c_proj", "input"),
             "attn_out": Hook("attn"),
             "mlp_in": Hook("mlp", "input"),
             "mlp_hidden": Hook("mlp.c_proj", "input"),
@@ -78,6 +83,8 @@ register_family(
         layers="layers",
         embed=Hook("embed_in"),
         block={
+            "attn_in": Hook("attention", "input"),
+            "attn_hidden": Hook("attention.dense", "input"),
             "attn_out": Hook("attention"),
             "mlp_in": Hook("mlp", "input"),
             "mlp_hidden": Hook("mlp.dense_4h_to_h", "input"),
@@ -95,6 +102,8 @@ register_family(
         layers="encoder.layer",
         embed=Hook("embeddings"),
         block={
+            "attn_in": Hook("attention.self", "input"),
+            "attn_hidden": Hook("attention.output.dense", "input"),
             "attn_out": Hook("attention.output.dense"),
             "mlp_in": Hook("intermediate", "input"),
             "mlp_hidden": Hook("output.dense", "input"),

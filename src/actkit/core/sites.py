@@ -15,6 +15,8 @@ from actkit.errors import ActkitError
 SITE_KINDS: dict[str, tuple[int, str]] = {
     "embed": (0, "token embeddings, after any scaling (B, T, d)"),
     "resid_pre": (1, "residual stream entering block i (B, T, d)"),
+    "attn_in": (1, "normalized input of the attention block: what the q, k and v projections read (B, T, d)"),
+    "attn_hidden": (1, "input of the attention output projection: the heads' outputs side by side (B, T, H*d_head)"),
     "attn_out": (1, "attention output added to the residual (B, T, d)"),
     "mlp_in": (1, "normalized input of the MLP or MoE block (B, T, d)"),
     "router": (1, "router logits of an MoE block (B, T, E)"),
