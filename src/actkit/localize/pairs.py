@@ -1,0 +1,92 @@
+"""Prompt pairs: a clean and a corrupt prompt of the same token length, and the answer and foil tokens.
+
+Patching compares the two runs position by position, so the prompts must tokenize to the same length (the usual
+practice: swap a word for a word of the same token count, such as one name for another). Prompts of different
+lengths are refused with both tokenizations shown; actkit does not guess an alignment.
+
+Answers are single tokens. An answer given without leading whitespace after a prompt that does not end in
+whitespace is read as a new word (``Anna`` after ``... a book to`` is the token `` Anna``), which is what a
+person typing ``--answer Anna`` means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from actkit.errors import ActkitError
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """Token ids (1, T) of both prompts, the answer and foil token ids, and the tokens as text for labels."""
+
+    clean: torch.Tensor
+    corrupt: torch.Tensor
+    answer: int
+    foil: int | None
+    tokens: list[str]
+
+    @property
+    def length(self) -> int:
+        return int(self.clean.shape[1])
+
+
+def _ids(tokenizer: Any, text: str, **kwargs: Any) -> list[int]:
+    return [int(i) for i in tokenizer(text, **kwargs)["input_ids"]]
+
+
+def answer_token(tokenizer: Any, prompt: str, text: str, what: str = "answer") -> int:
+    """The one token id of `text` as the continuation of `prompt` (see the module docstring for spaces)."""
+    if not text.strip():
+        raise ActkitError(f"the {what} is empty; give the token the model should predict, such as 'Anna'")
+    word = text if text[:1].isspace() or prompt[-1:].isspace() else " " + text
+    ids = _ids(tokenizer, word, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise ActkitError(f"the {what} {word!r} is {len(ids)} tokens {pieces}, not one; patching metrics compare "
+                          "single next tokens, so give a word the tokenizer keeps whole (or its first token)")
+    return ids[0]
+
+
+def prompt_pair(tokenizer: Any, clean: str, corrupt: str, answer: str, foil: str | None = None) -> PromptPair:
+    """Tokenize a pair for patching; refuses prompts whose token lengths differ, naming both tokenizations."""
+    a, b = _ids(tokenizer, clean), _ids(tokenizer, corrupt)
+    if not a:
+        raise ActkitError("the clean prompt is empty")
+    if len(a) != len(b):
+        show = lambda ids: [tokenizer.decode([i]) for i in ids]  # noqa: E731
+        raise ActkitError(f"the clean prompt is {len(a)} tokens and the corrupt prompt {len(b)}: patching compares "
+                          f"the runs position by position, so both must tokenize to the same length (swap words "
+                          f"for words of the same token count). clean: {show(a)}; corrupt: {show(b)}")
+    if a == b:
+        raise ActkitError("the clean and corrupt prompts are the same tokens, so every patching effect is zero; "
+                          "change the corrupt prompt")
+    answer_id = answer_token(tokenizer, clean, answer)
+    foil_id = None if foil is None else answer_token(tokenizer, clean, foil, "foil")
+    if foil_id == answer_id:
+        raise ActkitError("the answer and the foil are the same token; the logit difference would always be 0")
+    labels = [tokenizer.decode([i]) for i in a]
+    return PromptPair(torch.tensor([a]), torch.tensor([b]), answer_id, foil_id, labels)
+
+
+def name_mover_pairs(tokenizer: Any, n: int, seed: int = 0) -> list[PromptPair]:
+    """Held-out name-mover sentences of the built-in corpus as patching pairs.
+
+    Clean: "When Anna and Tom went to the shop, Tom gave a book to" (answer Anna, foil Tom). Corrupt: the second
+    mention of the repeated name becomes the other name ("..., Anna gave a book to"), which flips the answer:
+    the standard subject swap of the IOI literature, the same length in tokens since every name is one token.
+    """
+    from actkit.builtin.corpus import eval_set
+
+    pairs = []
+    for doc in eval_set("name_mover", n, seed=seed):
+        answer = doc.label
+        words = doc.prompt.replace(",", " ,").split()
+        subject = next(w for w in words if w != answer and words.count(w) == 2)
+        head, sep, tail = doc.prompt.rpartition(f" {subject} ")
+        corrupt = f"{head}{sep.replace(subject, answer)}{tail}"
+        pairs.append(prompt_pair(tokenizer, doc.prompt, corrupt, answer, subject))
+    return pairs
