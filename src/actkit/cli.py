@@ -278,6 +278,7 @@ def _register_pillars() -> None:
     from actkit.compress.cli import prune_app
     from actkit.compress.experts.cli import experts_command
     from actkit.evaluate.cli import eval_app
+    from actkit.localize.cli import patch_command
     from actkit.steer.cli import generate_command, vector_app
     from actkit.steer.demo_cli import demo_command
 
@@ -288,6 +289,7 @@ def _register_pillars() -> None:
     app.add_typer(prune_app, name="prune")
     prune_app.command("experts")(experts_command)
     app.add_typer(eval_app, name="eval")
+    app.command("patch")(patch_command)
 
 
 _register_pillars()
