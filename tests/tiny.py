@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import transformers as tf
 
@@ -60,3 +62,15 @@ class CharTokenizer:
 
     def __call__(self, text: str) -> dict[str, list[int]]:
         return {"input_ids": [1 + ord(c) % (VOCAB - 1) for c in text]}
+
+
+def random_pair(seed: int = 0, length: int = 8, changed: tuple[int, ...] = (2, 5)) -> Any:
+    """A patching pair of random tokens that differ at `changed`; answer token 5, foil 6."""
+    from actkit.localize.pairs import PromptPair
+
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(3, 32, (1, length), generator=g)
+    corrupt = clean.clone()
+    for p in changed:
+        corrupt[0, p] = (clean[0, p] + 5) % 29 + 3
+    return PromptPair(clean, corrupt, 5, 6, [str(i) for i in range(length)])

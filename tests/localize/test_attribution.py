@@ -9,14 +9,13 @@ import transformers as tf
 import actkit
 from actkit.core.anatomy import Anatomy
 from actkit.core.attention import intercept_attention
-from actkit.core.hooks import tap
+from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Apply
 from actkit.localize import activation_patching, attribution_patching, make_metric
 from actkit.localize.attribution import _recorder
 from actkit.localize.pairs import PromptPair
 
-from test_patching import random_pair
-from tiny import DECODERS, build
+from tiny import DECODERS, build, random_pair
 
 
 def test_atp_equals_the_gradient_formula_by_hand() -> None:
@@ -110,8 +109,6 @@ def test_graddrop_equals_explicit_masked_backward_passes() -> None:
     for site in ("attn_out", "resid_post"):
         star = attribution_patching(model, pair, site, method="atp-star", qk_fix=False)
         with torch.no_grad():
-            captured = {}
-            from actkit.core.hooks import Capture
             caps = {f"{site}.{i}": Capture() for i in range(n)}
             with tap(model, read=caps):
                 model(input_ids=pair.clean)

@@ -9,16 +9,7 @@ import actkit
 from actkit.localize import activation_patching, agreement, make_metric
 from actkit.localize.pairs import PromptPair, answer_token, prompt_pair
 
-from tiny import build
-
-
-def random_pair(seed: int = 0, length: int = 8, changed: tuple[int, ...] = (2, 5)) -> PromptPair:
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(3, 32, (1, length), generator=g)
-    corrupt = clean.clone()
-    for p in changed:
-        corrupt[0, p] = (clean[0, p] + 5) % 29 + 3
-    return PromptPair(clean, corrupt, 5, 6, [str(i) for i in range(length)])
+from tiny import build, random_pair
 
 
 def last_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
