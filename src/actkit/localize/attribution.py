@@ -196,23 +196,24 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
     switches = [_Switch() for _ in range(anatomy.n_layers)]
     drop = star and grad_drop and anatomy.n_layers > 1
     deltas = [torch.zeros_like(runs.base[s], requires_grad=True) for s in sites]
-    writes: dict[str, list[Apply]] = {s: [Apply(lambda x, d=d: x + d)] for s, d in zip(sites, deltas, strict=True)}
+    writes: dict[str, list[Apply]] = {s: [Apply(_adder(d))] for s, d in zip(sites, deltas, strict=True)}
     if drop:
         for block, switch in enumerate(switches):
             for branch in (f"attn_out.{block}", f"mlp_out.{block}"):
-                writes.setdefault(branch, []).append(Apply(lambda x, s=switch: _GradGate.apply(x, s)))
+                writes.setdefault(branch, []).append(Apply(_gate(switch)))
     base_patterns: dict[int, Pattern] = {}
     with torch.enable_grad(), tap(model, write=writes), intercept_attention(
             anatomy, dict.fromkeys(pattern_blocks, _recorder(base_patterns, keep_graph=True))):
         value = runs.metric(model(input_ids=runs.base_ids).logits[:, -1])[0]
-    probs = [base_patterns[j].probs for j in pattern_blocks]
-    if pattern_blocks and any(p is None or not p.requires_grad for p in probs):
+    probs = [p for j in pattern_blocks if (p := base_patterns[j].probs) is not None and p.requires_grad]
+    if len(probs) != len(pattern_blocks):
         raise ActkitError("AtP*'s QK fix did not see the attention probabilities in the graph; use --method atp")
+    pattern_of = dict(zip(pattern_blocks, probs, strict=True))
     moves = [(runs.source[s] - runs.base[s]).detach() for s in sites]
 
     def estimate() -> torch.Tensor:
         """One backward pass (with the switches as they are): every node's estimate, (layers, columns)."""
-        grads = torch.autograd.grad(value, deltas + probs, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(value, [*deltas, *probs], retain_graph=True, allow_unused=True)
         node_grads, prob_grads = grads[:len(deltas)], dict(zip(pattern_blocks, grads[len(deltas):], strict=True))
         rows = []
         for i, (move, grad) in enumerate(zip(moves, node_grads, strict=True)):
@@ -222,7 +223,7 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
             if j is None or g_pattern is None:
                 rows.append(_per_column(move * grad, site, model))
                 continue
-            through = torch.autograd.grad(base_patterns[j].probs, deltas[i], grad_outputs=g_pattern,
+            through = torch.autograd.grad(pattern_of[j], deltas[i], grad_outputs=g_pattern,
                                           retain_graph=True)[0]
             linear = (move * (grad - through)).sum(-1)[0].double()
             rows.append(linear + pattern_shift(base_patterns[j], source_patterns[j], g_pattern))
@@ -245,6 +246,14 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
         effects = torch.stack(rows)
     return PatchResult(site, method, runs.metric.name, direction, runs.clean_metric, runs.corrupt_metric,
                        effects.detach().double(), pair.tokens, chosen, time.perf_counter() - start)
+
+
+def _adder(delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: x + delta
+
+
+def _gate(switch: _Switch) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: _GradGate.apply(x, switch)
 
 
 def _per_column(product: torch.Tensor, site: str, model: nn.Module) -> torch.Tensor:

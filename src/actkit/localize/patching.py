@@ -77,7 +77,8 @@ def core_site(site: str, layer: int) -> str:
 
 
 def head_count(model: nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config: Any = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     if not heads:
         raise ActkitError(f"{type(model).__name__}'s config names no number of attention heads")
