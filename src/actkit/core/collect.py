@@ -76,6 +76,12 @@ def _chunks(texts: Iterable[str], tokenizer: Any, limit: int) -> Iterator[_Chunk
             yield _Chunk(list(ids[start:start + limit]), doc, start)
 
 
+def _heads(texts: Iterable[str], tokenizer: Any, limit: int | None) -> Iterator[_Chunk]:
+    for doc, text in enumerate(texts):
+        ids = list(tokenizer(text)["input_ids"])
+        yield _Chunk(ids[:limit] if limit is not None else ids, doc, 0)
+
+
 def _batches(chunks: Iterator[_Chunk], batch_size: int, max_tokens: int | None) -> Iterator[list[_Chunk]]:
     batch: list[_Chunk] = []
     seen = 0
@@ -92,6 +98,74 @@ def _batches(chunks: Iterator[_Chunk], batch_size: int, max_tokens: int | None) 
             batch = []
     if batch:
         yield batch
+
+
+@dataclass
+class TokenBatch:
+    """One right-padded batch of token ids, as `collect` and every calibration or evaluation loop run it.
+
+    Attributes:
+        ids: (B, T) int64 token ids; padding holds the tokenizer's pad id (0 when it has none).
+        mask: (B, T) bool, True on real tokens (pass ``mask.long()`` as the attention mask).
+        documents: (B,) int64, the index of each row's text in the input.
+        offsets: (B,) int64, where each row starts inside its document.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    documents: torch.Tensor
+    offsets: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        """The number of real tokens."""
+        return int(self.mask.sum())
+
+
+def token_batches(
+    texts: Iterable[str],
+    tokenizer: Any,
+    *,
+    limit: int | None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    split: bool = True,
+) -> Iterator[TokenBatch]:
+    """Tokenize documents and group them into right-padded batches: the one batch builder of actkit.
+
+    Arguments:
+        texts: documents; each is tokenized on its own, with the special tokens the tokenizer adds itself.
+        tokenizer: called as ``tokenizer(text)["input_ids"]``; its ``pad_token_id`` pads (0 when None).
+        limit: most tokens in a row (None: no limit).
+        batch_size: rows per batch.
+        max_tokens: stop after this many tokens, cutting the last row to fit (None: everything).
+        split: True (`collect`'s rule): a document longer than `limit` is split into consecutive rows and an
+            empty document gives no row. False (perplexity's rule): each document is one row, cut to `limit`
+            tokens, so row i of batch k is document ``k * batch_size + i``; an empty document is a row of padding.
+
+    Returns:
+        An iterator of `TokenBatch`; a batch with no real token is never yielded.
+    """
+    if batch_size <= 0:
+        raise ActkitError(f"batch_size must be positive (got {batch_size})")
+    if limit is not None and limit <= 0:
+        raise ActkitError(f"the row length limit must be positive (got {limit})")
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    rows = _chunks(texts, tokenizer, limit or 10**12) if split else _heads(texts, tokenizer, limit)
+    for batch in _batches(rows, batch_size, max_tokens):
+        if split:
+            batch = [c for c in batch if c.ids]
+        width = max((len(c.ids) for c in batch), default=0)
+        if width == 0:
+            continue
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.bool)
+        for row, chunk in enumerate(batch):
+            ids[row, : len(chunk.ids)] = torch.tensor(chunk.ids, dtype=torch.long)
+            mask[row, : len(chunk.ids)] = True
+        yield TokenBatch(ids, mask, torch.tensor([c.document for c in batch]),
+                         torch.tensor([c.offset for c in batch]))
 
 
 def _finite_guard(site: str, where: dict[str, int]) -> Callable[[torch.Tensor, torch.Tensor, StepContext], None]:
@@ -145,8 +219,6 @@ def collect(
     anatomy = Anatomy.of(model)
     resolved = [str(s) for s in anatomy.expand(sites)]
     limit = min(context_length(model, tokenizer), max_length or 10**9)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
     device = next(model.parameters()).device
     pos = positions or All()
     made = {site: {name: factory() for name, factory in reducers.items()} for site in resolved}
@@ -160,24 +232,15 @@ def collect(
     bar = _progress(progress, total_docs, max_tokens)
     try:
         with torch.inference_mode(), tap(model, read=reads) as state:
-            for batch in _batches(_chunks(texts, tokenizer, limit), batch_size, max_tokens):
-                batch = [c for c in batch if c.ids]
-                if not batch:
-                    continue
-                width = max(len(c.ids) for c in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, chunk in enumerate(batch):
-                    ids[row, : len(chunk.ids)] = torch.tensor(chunk.ids)
-                    attention[row, : len(chunk.ids)] = 1
-                state.documents = torch.tensor([c.document for c in batch], device=device)
-                state.offsets = torch.tensor([c.offset for c in batch], device=device)
-                where.update(batch=batches, document=batch[0].document)
+            for batch in token_batches(texts, tokenizer, limit=limit, batch_size=batch_size, max_tokens=max_tokens):
+                state.documents = batch.documents.to(device)
+                state.offsets = batch.offsets.to(device)
+                where.update(batch=batches, document=int(batch.documents[0]))
                 state.reset()
-                model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False)
+                model(input_ids=batch.ids.to(device), attention_mask=batch.mask.long().to(device), use_cache=False)
                 batches += 1
-                tokens += int(attention.sum())
-                documents = max(documents, batch[-1].document + 1)
+                tokens += batch.tokens
+                documents = max(documents, int(batch.documents[-1]) + 1)
                 if bar is not None:
                     bar.update(documents, tokens)
     finally:
@@ -214,4 +277,4 @@ def _progress(enabled: bool, total_docs: int | None, max_tokens: int | None) -> 
     return _Bar(total_docs, max_tokens) if enabled else None
 
 
-__all__ = ["Collection", "collect", "context_length", "read_texts"]
+__all__ = ["Collection", "TokenBatch", "collect", "context_length", "read_texts", "token_batches"]

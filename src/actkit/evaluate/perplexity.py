@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from actkit.core.collect import token_batches
 from actkit.errors import ActkitError
 
 
@@ -18,25 +19,19 @@ def nll(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
 
     Each text is one document, tokenized as the tokenizer does (a BOS if it adds one), cut to `max_length`
     tokens (default the tokenizer's ``model_max_length`` when it is a real limit). Every token after the first is
-    predicted; batches are right-padded and padding is never scored.
+    predicted; batches (`actkit.core.collect.token_batches`, one row per text) are right-padded and padding is
+    never scored.
     """
     limit = max_length or getattr(tokenizer, "model_max_length", None)
     if not isinstance(limit, int) or limit <= 0 or limit >= 10**7:
         limit = None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, len(texts), batch_size):
-        ids_list = [ids[:limit] if limit else ids for ids in tokenizer(list(texts[i:i + batch_size]))["input_ids"]]
-        width = max(len(ids) for ids in ids_list)
-        ids = torch.full((len(ids_list), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids_list), width), dtype=torch.long)
-        for row, seq in enumerate(ids_list):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+    for batch in token_batches(texts, tokenizer, limit=limit, batch_size=batch_size, split=False):
+        ids, mask = batch.ids.to(device), batch.mask.to(device)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
-        target = ids[:, 1:].to(device).masked_fill(mask[:, 1:].to(device) == 0, -100)
+            logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
+        target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
                                        reduction="sum"))
         count += int((target != -100).sum())
