@@ -1,4 +1,5 @@
-"""TEAL: spec parsing, thresholds as quantiles, target sparsity on held-out text, identity at 0, clean hooks."""
+"""TEAL: spec parsing, calibration read through the input sites, thresholds as quantiles, target sparsity on
+held-out text, identity at 0, clean hooks."""
 
 from __future__ import annotations
 
@@ -6,19 +7,22 @@ import pytest
 import torch
 
 import actkit
+from actkit import Capture, collect
 from actkit.builtin import corpus
+from actkit.compress import activation
 from actkit.compress.activation import (
     ActivationSparsity,
     activation_sparsity,
     calibrate_teal,
     calibrate_teal_batches,
     plan_activation_sparsity,
-    token_batches,
 )
 from actkit.compress.calibration import Calibration, calibration_texts
-from actkit.compress.projections import input_groups, projections
+from actkit.compress.projections import input_groups, input_sites, projections
+from actkit.core.collect import token_batches
 from actkit.errors import ActkitError
 from actkit.evaluate.perplexity import nll
+from actkit.observe.reducers import MagnitudeHistogram
 
 import tiny
 
@@ -26,6 +30,8 @@ import tiny
 DENSE_TOLERANCE = 0.03
 #: The same for the sparsified model as a whole (later tensors see inputs of already-sparsified ones).
 MODEL_TOLERANCE = 0.05
+TEXTS = ["the cat sat on the mat and looked around the room", "a dog ran to the park", "birds sing at dawn", "x",
+         "a much longer document that is split " * 4]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +91,83 @@ def test_thresholds_are_quantiles_of_the_input_magnitudes() -> None:
     assert calibration.thresholds(0.0)["model.layers.1.mlp.down_proj"] == 0.0
 
 
-def test_padding_never_enters_the_histograms() -> None:
+@pytest.mark.parametrize("family, expected", [
+    ("llama", {"self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
+               "self_attn.o_proj": "attn_hidden", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in",
+               "mlp.down_proj": "mlp_hidden"}),
+    ("phi3", {"self_attn.qkv_proj": "attn_in", "self_attn.o_proj": "attn_hidden", "mlp.gate_up_proj": "mlp_in",
+              "mlp.down_proj": "mlp_hidden"}),
+    ("gpt2", {"attn.c_attn": "attn_in", "attn.c_proj": "attn_hidden", "mlp.c_fc": "mlp_in",
+              "mlp.c_proj": "mlp_hidden"}),
+    ("bert", {"attention.self.query": "attn_in", "attention.self.key": "attn_in", "attention.self.value": "attn_in",
+              "attention.output.dense": "attn_hidden", "intermediate.dense": "mlp_in", "output.dense": "mlp_hidden"}),
+    # the shared expert reads the MoE block's flattened input; its down projection has no site
+    ("qwen2_moe", {"self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
+                   "self_attn.o_proj": "attn_hidden", "mlp.shared_expert.gate_proj": "mlp_in",
+                   "mlp.shared_expert.up_proj": "mlp_in", "mlp.shared_expert.down_proj": None,
+                   "mlp.shared_expert_gate": "mlp_in"}),
+])
+def test_every_projection_input_is_a_site(family, expected) -> None:
+    model = tiny.build(family)
+    projs = [p for p in projections(model) if p.layer == 0]
+    sites = input_sites(model, {p.name: p.module for p in projs})
+    assert {p.path: None if sites[p.name] is None else sites[p.name].kind for p in projs} == expected
+    assert all(s is None or s.layer == 0 for s in sites.values())
+
+
+def test_calibration_reads_the_sites_through_collect(monkeypatch) -> None:
+    """Thresholds from `calibrate_teal` are the quantiles of |x| over the real tokens that `collect` with `Capture`
+    reads at each input site; while it runs, the only hooks on projections are the core's own, where a site is a
+    projection's input (o_proj and down_proj: one each)."""
     model = tiny.build("llama")
+    tok = tiny.CharTokenizer()
+    projs = projections(model)
+    hooked: set[tuple[str, int]] = set()
+
+    class Watched(MagnitudeHistogram):
+        def update(self, x, mask=None, where=None):
+            hooked.update((p.path, len(p.module._forward_pre_hooks) + len(p.module._forward_hooks)) for p in projs)
+            super().update(x, mask, where)
+
+    monkeypatch.setattr(activation, "MagnitudeHistogram", Watched)
+    calibration = calibrate_teal(model, tok, Calibration(TEXTS, "t", 0), batch_size=2, max_length=24)
+    assert hooked == {(path, int(path in ("self_attn.o_proj", "mlp.down_proj"))) for path in
+                      ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                       "mlp.up_proj", "mlp.down_proj")}
+    sites = [f"{kind}.{layer}" for layer in range(3) for kind in ("attn_in", "attn_hidden", "mlp_in", "mlp_hidden")]
+    captured = collect(model, TEXTS, sites, {"cap": Capture}, tokenizer=tok, batch_size=2, max_length=24)
+    assert calibration.tokens == captured.tokens == sum(len(t) for t in TEXTS)
+    members = {"attn_in": ["q_proj", "k_proj", "v_proj"], "attn_hidden": ["o_proj"], "mlp_in": ["gate_proj", "up_proj"],
+               "mlp_hidden": ["down_proj"]}
+    for site in sites:
+        kind, layer = site.split(".")
+        cap = captured[site]["cap"]
+        entries = torch.cat([x[m].abs().reshape(-1) for x, m in zip(cap.values, cap.masks, strict=True)]).double()
+        block = "mlp" if kind.startswith("mlp") else "self_attn"
+        names = [f"model.layers.{layer}.{block}.{proj}" for proj in members[kind]]
+        group = calibration.groups.index(names)
+        assert calibration.histograms[group].count == entries.numel()
+        for s in (0.25, 0.5, 0.65):
+            t = calibration.thresholds(s)
+            assert {t[n] for n in names} == {t[names[0]]}
+            assert t[names[0]] == pytest.approx(float(torch.quantile(entries, s)), rel=5e-3)  # log bins of 1e-3
+
+
+def test_text_and_batch_calibration_agree_bit_for_bit() -> None:
+    """`calibrate_teal` (through `collect`) and `calibrate_teal_batches` (through `tap`) on the same batches."""
+    model = tiny.build("qwen2")
+    tok = tiny.CharTokenizer()
+    texts = calibrate_teal(model, tok, Calibration(TEXTS, "t", 0), batch_size=2, max_length=24)
+    batches = [(b.ids, b.mask.long()) for b in token_batches(TEXTS, tok, limit=24, batch_size=2)]
+    ready = calibrate_teal_batches(model, batches)
+    assert texts.groups == ready.groups and texts.tokens == ready.tokens
+    for a, b in zip(texts.histograms, ready.histograms, strict=True):
+        assert a.result() == b.result() and torch.equal(a._hist, b._hist)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_moe"])
+def test_padding_never_enters_the_histograms(family) -> None:
+    model = tiny.build(family)
     ids, mask = tiny_batches(1)[0]
     padded_ids = torch.cat([ids, torch.full((4, 5), 7)], 1)
     padded_mask = torch.cat([mask, torch.zeros(4, 5, dtype=torch.long)], 1)
@@ -111,9 +192,9 @@ def fraction_below(model, tokenizer, texts, thresholds: dict[str, float]) -> dic
     handles = [p.module.register_forward_pre_hook(counter(p.name)) for p in projections(model)]
     try:
         with torch.inference_mode():
-            for ids, mask in token_batches(tokenizer, texts, 256, 16):
-                current["mask"] = mask.bool()
-                model(input_ids=ids, attention_mask=mask)
+            for batch in token_batches(texts, tokenizer, limit=256, batch_size=16):
+                current["mask"] = batch.mask
+                model(input_ids=batch.ids, attention_mask=batch.mask.long())
     finally:
         for h in handles:
             h.remove()

@@ -17,7 +17,13 @@ the bytes read by s (see `actkit.compress.sparse_linear` for the CPU kernel that
   ``docs/activation-sparsity.md``.
 
 Every token of every pass is sparsified (prefill included), for all three methods alike, so a perplexity measures
-what a decoder that never runs a dense token would see. Hooks are forward pre-hooks on the projections, removed in
+what a decoder that never runs a dense token would see.
+
+Calibration reads through the core: TEAL's histograms are `collect` (or, for ready-made token batches, `tap`)
+reducers at the sites that carry the projections' inputs (``attn_in``, ``attn_hidden``, ``mlp_in``,
+``mlp_hidden``; see `actkit.compress.projections`), one histogram per site. Sparsifying is per projection (WINA
+gives q, k and v different choices from one shared input, and an MoE block's router and experts read ``mlp_in``
+but are never sparsified), so it is done by forward pre-hooks on the projections themselves, removed in
 ``finally``; the model's weights are never touched.
 """
 
@@ -33,9 +39,10 @@ import torch
 from torch import nn
 
 from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
-from actkit.compress.projections import Projection, input_groups, projections
-from actkit.core.collect import context_length
-from actkit.core.hooks import tap
+from actkit.compress.projections import Projection, input_sites, projections
+from actkit.core.collect import collect
+from actkit.core.hooks import Read, Tap, tap
+from actkit.core.sites import Site
 from actkit.errors import ActkitError
 from actkit.observe.reducers import MagnitudeHistogram
 
@@ -133,7 +140,8 @@ class Rule:
 class TealCalibration:
     """Magnitude histograms of each input group's entries, from which thresholds for any sparsity follow.
 
-    ``groups[i]`` names the projections that read tensor i; ``histograms[i]`` is its `MagnitudeHistogram`;
+    ``groups[i]`` names the projections that read site i (or the one projection that no site carries);
+    ``histograms[i]`` is its `MagnitudeHistogram`;
     ``features`` gives each projection's input width, so a calibration is never applied to another model.
     """
 
@@ -161,74 +169,78 @@ class TealCalibration:
         return out
 
 
-def token_batches(tokenizer: Any, texts: Iterable[str], max_length: int,
-                  batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Right-padded (input_ids, attention_mask) batches; a document longer than `max_length` is split."""
-    if max_length <= 0 or batch_size <= 0:
-        raise ActkitError(f"max_length and batch_size must be positive (got {max_length} and {batch_size})")
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
-    chunks: list[list[int]] = []
+@dataclass
+class _TealReads:
+    """One histogram per input site, plus one per projection that no site carries (read by a hook on it)."""
 
-    def flush() -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(c) for c in chunks)
-        ids = torch.full((len(chunks), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunks), width), dtype=torch.long)
-        for row, c in enumerate(chunks):
-            ids[row, : len(c)] = torch.tensor(c)
-            mask[row, : len(c)] = 1
-        chunks.clear()
-        return ids, mask
+    projs: list[Projection]
+    sites: dict[str, Site | None]
 
-    for text in texts:
-        ids = list(tokenizer(text)["input_ids"])
-        for start in range(0, len(ids), max_length):
-            chunks.append(ids[start:start + max_length])
-            if len(chunks) == batch_size:
-                yield flush()
-    if chunks:
-        yield flush()
+    @classmethod
+    def of(cls, model: nn.Module) -> _TealReads:
+        projs = projections(model)
+        return cls(projs, input_sites(model, {p.name: p.module for p in projs}))
+
+    def site_list(self) -> list[Site]:
+        return list(dict.fromkeys(s for s in self.sites.values() if s is not None))
+
+    def unsited(self) -> list[Projection]:
+        return [p for p in self.projs if self.sites[p.name] is None]
+
+    def result(self, by_site: dict[Site, MagnitudeHistogram], own: dict[str, MagnitudeHistogram],
+               tokens: int) -> TealCalibration:
+        """Groups in the order of the projections: the projections of one site together."""
+        groups: dict[Site | str, list[str]] = {}
+        for p in self.projs:
+            groups.setdefault(self.sites[p.name] or p.name, []).append(p.name)
+        hists = [by_site[key] if isinstance(key, Site) else own[key] for key in groups]
+        return TealCalibration(list(groups.values()), hists, tokens, {p.name: p.in_features for p in self.projs})
+
+
+@contextmanager
+def _read_unsited(state: Tap, projs: list[Projection], hists: dict[str, MagnitudeHistogram]) -> Iterator[None]:
+    """Histograms of the inputs of projections no site carries, by pre-hooks on them (padding masked by the
+    context of `state`'s pass)."""
+    def hook_for(hist: MagnitudeHistogram):  # noqa: ANN202 - a torch hook
+        def read(module: nn.Module, args: tuple) -> None:
+            ctx = state.context
+            hist.update(args[0], _valid_rows(args[0], ctx.valid if ctx is not None else None))
+        return read
+
+    handles = []
+    try:
+        for p in projs:
+            handles.append(p.module.register_forward_pre_hook(hook_for(hists[p.name])))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def calibrate_teal_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> TealCalibration:
     """Histogram |x| of every projection input group over (input_ids, attention_mask) batches of the dense model.
 
-    Padding never enters a histogram. Returns the histograms; `TealCalibration.thresholds` turns them into
-    thresholds for any sparsity.
+    The histograms are `tap` reads at the input sites (`calibrate_teal` is the same over text, through
+    `collect`). Padding never enters a histogram. Returns the histograms; `TealCalibration.thresholds` turns
+    them into thresholds for any sparsity.
     """
-    projs = projections(model)
-    groups = input_groups(model, projs)
-    hists = [MagnitudeHistogram() for _ in groups]
-    current: dict[str, torch.Tensor] = {}
-
-    def hook_for(hist: MagnitudeHistogram):  # noqa: ANN202 - a torch hook
-        def read(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            hist.update(x, _valid_rows(x, current["mask"]))
-        return read
-
-    handles = []
+    reads = _TealReads.of(model)
+    by_site = {site: MagnitudeHistogram() for site in reads.site_list()}
+    own = {p.name: MagnitudeHistogram() for p in reads.unsited()}
     device = next(model.parameters()).device
     tokens = 0
-    try:
-        for group, hist in zip(groups, hists, strict=True):
-            handles.append(group[0].module.register_forward_pre_hook(hook_for(hist)))
-        with torch.inference_mode():
-            for ids, mask in batches:
-                current["mask"] = mask.to(device).bool()
-                model(input_ids=ids.to(device), attention_mask=mask.to(device))
-                tokens += int(mask.sum())
-    finally:
-        for handle in handles:
-            handle.remove()
-        current.clear()
-    return TealCalibration([[p.name for p in g] for g in groups], hists, tokens,
-                           {p.name: p.in_features for p in projs})
+    with (torch.inference_mode(), tap(model, read={s: Read(h) for s, h in by_site.items()}) as state,
+          _read_unsited(state, reads.unsited(), own)):
+        for ids, mask in batches:
+            state.reset()
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            tokens += int(mask.sum())
+    return reads.result(by_site, own, tokens)
 
 
 def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | None = None, *,
                    max_length: int | None = None, batch_size: int = 8) -> TealCalibration:
-    """TEAL's histograms over calibration text (default: the built-in corpus's training split).
+    """TEAL's histograms over calibration text (default: the built-in corpus's training split), by `collect`.
 
     Arguments:
         model: the dense model (it is run, not changed).
@@ -241,8 +253,12 @@ def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | 
         A `TealCalibration` whose ``record`` says what text it saw (source, seed, documents, tokens).
     """
     calibration = calibration or calibration_texts()
-    limit = min(context_length(model, tokenizer), max_length or 10**9)
-    result = calibrate_teal_batches(model, token_batches(tokenizer, calibration.texts, limit, batch_size))
+    reads = _TealReads.of(model)
+    own = {p.name: MagnitudeHistogram() for p in reads.unsited()}
+    with tap(model) as state, _read_unsited(state, reads.unsited(), own):
+        found = collect(model, calibration.texts, reads.site_list(), {"hist": MagnitudeHistogram},
+                        tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    result = reads.result({s: found[str(s)]["hist"] for s in reads.site_list()}, own, found.tokens)
     require_tokens(result.tokens, MIN_TEAL_TOKENS, calibration.source)
     result.record = calibration.record(result.tokens)
     return result
@@ -394,4 +410,4 @@ def prepare_activation_sparsity(model: nn.Module, tokenizer: Any, spec: str | Ac
 __all__ = ["METHODS", "MIN_TEAL_TOKENS", "WINA_CODE_WEIGHTED", "ActivationSparsity", "Rule", "SparsityPlan",
            "SparsityStats", "TealCalibration", "activation_sparsity", "calibrate_teal",
            "calibrate_teal_batches", "column_norms", "plan_activation_sparsity", "prepare_activation_sparsity",
-           "token_batches", "wina_code_weighted"]
+           "wina_code_weighted"]

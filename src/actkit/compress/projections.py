@@ -5,21 +5,32 @@ family, every ``nn.Linear`` (and GPT-2's ``Conv1D``) inside a block found by the
 fused layouts (Phi-3's ``qkv_proj``, GPT-NeoX's ``query_key_value``) with no code path per family. Fused MoE
 experts are 3-D parameters, not linear modules, and routers are their own module types, so neither is touched.
 
-Projections that read the *same tensor* (q, k and v read one normalized hidden state; gate and up read another)
-form an input group: TEAL calibrates one threshold per group, and the CPU speed path reads the group's fused
-weights once. Groups are found by watching one tiny forward pass and comparing the input tensors' identity, so
-they are what the model actually does, whatever its modules are called.
+Each projection's input is the value of one of the core's sites (`INPUT_SITES`): ``attn_in`` (what q, k and v
+read), ``attn_hidden`` (the attention output projection's input), ``mlp_in`` (gate and up, or the first MLP
+layer) and ``mlp_hidden`` (the down projection). `input_sites` finds which, by watching one tiny forward pass
+and matching the tensors each projection and each site see, so the match is what the model actually does,
+whatever its modules are called; calibration then reads the sites through the core (`collect`, `tap`).
+Projections that read the same site form an input group: TEAL calibrates one threshold per group, and the CPU
+speed path reads the group's fused weights once. A projection that no site carries (in the tested families only
+the down projection of Qwen2-MoE's shared expert) forms a group of its own and is read by a hook on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from actkit.core.anatomy import Anatomy
+from actkit.core.hooks import Read, tap
+from actkit.core.sites import Site
 from actkit.errors import ActkitError
+
+#: The site kinds whose values are the inputs of a block's linear layers, in forward order.
+INPUT_SITES = ("attn_in", "attn_hidden", "mlp_in", "mlp_hidden")
 
 
 @dataclass(frozen=True)
@@ -72,38 +83,71 @@ def projections(model: nn.Module) -> list[Projection]:
     return found
 
 
-def input_groups(model: nn.Module, projs: list[Projection]) -> list[list[Projection]]:
-    """Partition `projs` into groups that read the same input tensor, by watching one 2-token forward pass.
+def input_sites(model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str, Site | None]:
+    """Which site carries the input of each module, found on one 2-token forward pass.
 
-    Every input seen is held until the pass ends, so two different tensors can never share an address and be
-    mistaken for one. A projection that the probe pass never reaches (a layer skipped for these tokens) forms
-    a group of its own.
+    A module reads a site when its input is the site's value itself or a view of the same memory (an MoE block
+    hands its shared expert the flattened (B*T, d) tokens of its ``mlp_in``). Every tensor seen is held until the
+    pass ends, so two different tensors can never share an address and be mistaken for one.
+
+    Arguments:
+        model: a model of a family in the anatomy.
+        modules: name -> module, each inside one of the model's blocks.
+
+    Returns:
+        name -> the `Site` (one of `INPUT_SITES` of the module's block), or None when no site carries its input
+        (or the probe pass never reached the module).
     """
-    seen: dict[int, torch.Tensor] = {}
+    anatomy = Anatomy.of(model)
+    sites = [site for kind in INPUT_SITES for site in anatomy.sites(kind)]
+    values: dict[Site, torch.Tensor] = {}
+    inputs: dict[str, torch.Tensor] = {}
 
-    def hook_for(proj: Projection):  # noqa: ANN202 - a torch hook
-        def record(module: nn.Module, args: tuple) -> None:
-            if args and id(proj.module) not in seen:
-                seen[id(proj.module)] = args[0]
-        return record
+    def site_reader(site: Site) -> Any:
+        def keep(x: torch.Tensor, mask: torch.Tensor, ctx: Any) -> None:
+            values.setdefault(site, x)
+        return keep
+
+    def module_reader(name: str) -> Any:
+        def keep(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                inputs.setdefault(name, args[0])
+        return keep
 
     handles = []
     device = next(model.parameters()).device
     try:
-        for proj in projs:
-            handles.append(proj.module.register_forward_pre_hook(hook_for(proj)))
-        with torch.inference_mode():
+        for name, module in modules.items():
+            handles.append(module.register_forward_pre_hook(module_reader(name)))
+        with torch.inference_mode(), tap(model, read={site: Read(site_reader(site)) for site in sites}):
             model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
     finally:
         for handle in handles:
             handle.remove()
-    groups: dict[int, list[Projection]] = {}
+    found: dict[str, Site | None] = {}
+    for name in modules:
+        x = inputs.get(name)
+        found[name] = None if x is None else next((site for site, v in values.items() if _same_memory(x, v)), None)
+    values.clear()
+    inputs.clear()
+    return found
+
+
+def _same_memory(x: torch.Tensor, v: torch.Tensor) -> bool:
+    return (x.data_ptr() == v.data_ptr() and x.numel() == v.numel() and x.dtype == v.dtype
+            and torch.equal(x.reshape(-1), v.reshape(-1)))
+
+
+def input_groups(model: nn.Module, projs: list[Projection]) -> list[list[Projection]]:
+    """Partition `projs` into groups that read the same site (see `input_sites`), in the order of `projs`.
+
+    A projection that no site carries (or that the probe pass never reaches) forms a group of its own.
+    """
+    sites = input_sites(model, {p.name: p.module for p in projs})
+    groups: dict[Site | str, list[Projection]] = {}
     for proj in projs:
-        x = seen.get(id(proj.module))
-        key = id(x) if x is not None else -id(proj.module)
-        groups.setdefault(key, []).append(proj)
-    seen.clear()
+        groups.setdefault(sites[proj.name] or proj.name, []).append(proj)
     return list(groups.values())
 
 
-__all__ = ["Projection", "input_groups", "projections"]
+__all__ = ["INPUT_SITES", "Projection", "input_groups", "input_sites", "projections"]
