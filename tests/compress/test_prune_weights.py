@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import actkit
-from actkit import Moments, collect
+from actkit import Covariance, Moments, collect
 from actkit.compress.calibration import calibration_texts
-from actkit.compress.layerwise import layer_by_layer, token_batches
+from actkit.compress.layerwise import layer_by_layer
 from actkit.compress.scores import input_norms
 from actkit.compress.weights import METHODS, find_targets, prune_weights
+from actkit.core.collect import token_batches
 from actkit.errors import ActkitError
 
 from tiny import CharTokenizer, build
@@ -129,12 +130,68 @@ def test_layer_by_layer_reads_the_pruned_blocks_outputs() -> None:
             if layer == 1:
                 seen["x"] = input_norms(stats["model.layers.1.mlp.gate_proj"]["m"].result())
 
-        batches, _ = token_batches(TEXTS, tok, work, batch_size=3)
+        batches = list(token_batches(TEXTS, tok, limit=128, batch_size=3))
         layer_by_layer(work, batches, modules, {"m": Moments}, prune)
         return seen["x"]
 
     assert torch.allclose(block1_norms(False), input_norms(dense), rtol=1e-5)
     assert not torch.allclose(block1_norms(True), input_norms(dense), rtol=1e-2)
+
+
+def _hooked_statistics(model: torch.nn.Module, batches, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The reference: moments and covariance of each layer's own input over a plain forward of the dense model,
+    read by hooks on the layers themselves (padding masked out by hand)."""
+    stats = {name: {"m": Moments(), "c": Covariance()} for name in names}
+    current: dict[str, torch.Tensor] = {}
+
+    def feeder(name: str):
+        def feed(module, args):
+            x = args[0]
+            mask = current["mask"] if x.dim() == 3 else current["mask"].reshape(-1)
+            for reducer in stats[name].values():
+                reducer.update(x, mask)
+        return feed
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(feeder(name)) for name in names]
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                current["mask"] = b.mask
+                model(input_ids=b.ids, attention_mask=b.mask.long(), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: {k: r.result() for k, r in red.items()} for name, red in stats.items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2_moe", "gemma3"])
+def test_layer_by_layer_statistics_equal_hooks_on_each_layer(family: str) -> None:
+    """With nothing pruned, the statistics read at the sites while each block runs alone on cached hidden states
+    equal, bit for bit, those that hooks on each layer read in a plain forward (padded batches; Qwen2-MoE's
+    shared-expert down projection has no site and keeps its own hook). Layers that share a site share reducers."""
+    model = build(family)
+    targets, _ = find_targets(model)
+    batches = list(token_batches(TEXTS, CharTokenizer(), limit=128, batch_size=3))
+    assert any(not bool(b.mask.all()) for b in batches)  # padding is there, and must be masked out
+    reference = _hooked_statistics(model, batches, [t.name for t in targets])
+    modules: dict[int, dict[str, torch.nn.Module]] = {}
+    for t in targets:
+        modules.setdefault(t.layer, {})[t.name] = t.module
+    seen: dict[str, dict] = {}
+
+    def keep(layer: int, stats: dict) -> None:
+        seen.update(stats)
+
+    layer_by_layer(model, batches, modules, {"m": Moments, "c": Covariance}, keep)
+    assert set(seen) == set(reference)
+    for name, expected in reference.items():
+        got = {k: r.result() for k, r in seen[name].items()}
+        for k in expected:
+            for key, value in expected[k].items():
+                assert torch.equal(torch.as_tensor(got[k][key]), torch.as_tensor(value)), (name, k, key)
+    if family == "llama":
+        q, k = seen["model.layers.0.self_attn.q_proj"], seen["model.layers.0.self_attn.k_proj"]
+        assert q["c"] is k["c"] and q is not seen["model.layers.0.self_attn.o_proj"]
 
 
 def test_builtin_model_keeps_modelling_text_at_half_sparsity() -> None:

@@ -8,9 +8,15 @@ the first block, and from then on block by block:
 1. **capture**: every block is briefly replaced by a recorder that keeps the arguments the model passes it
    (attention mask, position embeddings, ...; they differ per block in models that mix sliding-window and full
    attention) and block 0's hidden states; the last recorder stops the pass, so the output head never runs.
-2. for each block: run it on the cached hidden states with pre-hooks on the chosen linear layers that feed
-   streaming reducers (`actkit.core.stats`) with the real tokens only (padding is masked out); call ``prune``;
-   run the pruned block again and its outputs become the next block's inputs.
+2. for each block: run it on the cached hidden states inside the core's `tap`, which feeds streaming reducers
+   (`actkit.core.stats`) at the sites that carry the chosen linear layers' inputs (``attn_in``, ``attn_hidden``,
+   ``mlp_in``, ``mlp_hidden``; found once by `actkit.compress.projections.input_sites`). The block runs outside
+   the model's forward, so each batch's `StepContext` is set from its mask: padding is never read. Layers that
+   read one site share its reducers (q, k and v: one covariance, not three). Call ``prune``; run the pruned
+   block again and its outputs become the next block's inputs.
+
+A layer whose input no site carries (in the tested families only the down projection of Qwen2-MoE's shared
+expert) is read by a forward pre-hook on the layer itself, with the same mask.
 
 Memory is one block's hidden states for the calibration tokens (plus the recorded arguments, shared between
 blocks) and the reducers' state, which does not grow with the number of tokens. The model passed in is changed
@@ -19,55 +25,23 @@ only by ``prune`` (its blocks are swapped back in ``finally``): give it a copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from actkit.compress.projections import input_sites
 from actkit.core.anatomy import Anatomy
-from actkit.core.collect import _batches, _chunks, context_length
+from actkit.core.collect import TokenBatch
+from actkit.core.hooks import Read, Tap, tap
+from actkit.core.positions import StepContext
+from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
 #: Reducers of one module: reducer name -> reducer (``update(x, mask)``, ``result()``).
 Stats = dict[str, Any]
-
-
-@dataclass
-class TokenBatch:
-    """Right-padded token ids (B, T) and the mask of real tokens (B, T)."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-
-
-def token_batches(texts: Sequence[str], tokenizer: Any, model: nn.Module, *, batch_size: int = 8,
-                  max_length: int | None = None) -> tuple[list[TokenBatch], int]:
-    """Tokenize documents with `collect`'s rules (one document per text, split at the context) into batches.
-
-    Returns the batches and the number of real tokens.
-    """
-    if batch_size <= 0:
-        raise ActkitError(f"batch_size must be positive (got {batch_size})")
-    limit = min(context_length(model, tokenizer), max_length or 10**9)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
-    out: list[TokenBatch] = []
-    tokens = 0
-    for batch in _batches(_chunks(texts, tokenizer, limit), batch_size, None):
-        chunks = [c for c in batch if c.ids]
-        if not chunks:
-            continue
-        width = max(len(c.ids) for c in chunks)
-        ids = torch.full((len(chunks), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunks), width), dtype=torch.bool)
-        for row, chunk in enumerate(chunks):
-            ids[row, : len(chunk.ids)] = torch.tensor(chunk.ids)
-            mask[row, : len(chunk.ids)] = True
-        out.append(TokenBatch(ids, mask))
-        tokens += int(mask.sum())
-    return out, tokens
 
 
 class _Stop(Exception):
@@ -156,6 +130,13 @@ def _row_mask(x: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
                       "tokens; this layer cannot be calibrated")
 
 
+def _context(mask: torch.Tensor) -> StepContext:
+    """The context of one cached batch: what the hook engine would derive from its attention mask."""
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(~mask, -1)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    return StepContext(positions, mask, mask.sum(dim=1), rows, torch.zeros_like(rows))
+
+
 def layer_by_layer(
     model: nn.Module,
     batches: Sequence[TokenBatch],
@@ -169,9 +150,10 @@ def layer_by_layer(
 
     Arguments:
         model: the model to prune in place (a copy of the user's).
-        batches: calibration batches from `token_batches`.
+        batches: calibration batches from `actkit.core.collect.token_batches`.
         modules: block index -> {name: module}: the layers whose inputs are reduced in that block.
-        reducers: reducer name -> factory; every module gets a fresh reducer from each.
+        reducers: reducer name -> factory; the input of every module is reduced by one reducer from each
+            (modules that read the same site get the same reducer objects).
         prune: called as ``prune(block, {name: {reducer name: reducer}})`` after the block's statistics are in,
             before its outputs are computed for the next block.
         on_block: progress callback ``(block, number of blocks)``.
@@ -180,25 +162,27 @@ def layer_by_layer(
         raise ActkitError("no calibration batches: the calibration text gave no tokens")
     anatomy = Anatomy.of(model)
     device = next(model.parameters()).device
+    sites = input_sites(model, {name: module for chosen in modules.values() for name, module in chosen.items()})
     hidden, calls = _capture(model, anatomy, batches)
-    masks = [b.mask.to(device) for b in batches]
+    contexts = [_context(b.mask.to(device)) for b in batches]
     last = max((i for i, m in modules.items() if m), default=-1)
     for i in range(last + 1):
         block = anatomy.blocks[i]
         chosen = dict(modules.get(i, {}))
-        stats: dict[str, Stats] = {name: {k: make() for k, make in reducers.items()} for name in chosen}
-        current: dict[str, torch.Tensor] = {}
-        handles = []
-        try:
-            for name, module in chosen.items():
-                handles.append(module.register_forward_pre_hook(_feeder(name, stats[name], current)))
-            with torch.inference_mode():
-                for b, h in enumerate(hidden):
-                    current["mask"] = masks[b]
-                    _run(block, h, calls[b][i])
-        finally:
-            for handle in handles:
-                handle.remove()
+        by_site: dict[Site, Stats] = {}
+        stats: dict[str, Stats] = {}
+        for name in chosen:
+            site = sites[name]
+            if site is not None and site.layer != i:
+                raise ActkitError(f"{name} reads {site}, not an input of block {i}; list it under block {site.layer}")
+            fresh = {k: make() for k, make in reducers.items()}
+            stats[name] = fresh if site is None else by_site.setdefault(site, fresh)
+        reads = {site: [Read(r) for r in reduced.values()] for site, reduced in by_site.items()}
+        unsited = {name: chosen[name] for name in chosen if sites[name] is None}
+        with torch.inference_mode(), tap(model, read=reads) as state, _read_unsited(unsited, stats, state):
+            for b, h in enumerate(hidden):
+                state.context = contexts[b]
+                _run(block, h, calls[b][i])
         prune(i, stats)
         if i < last:
             with torch.inference_mode():
@@ -207,15 +191,30 @@ def layer_by_layer(
             on_block(i, last + 1)
 
 
-def _feeder(name: str, stats: Stats, current: dict[str, torch.Tensor]) -> Callable[..., None]:
+@contextmanager
+def _read_unsited(modules: Mapping[str, nn.Module], stats: dict[str, Stats], state: Tap) -> Iterator[None]:
+    """Feed the reducers of layers that no site carries from pre-hooks on the layers, with the real-token mask
+    of the context `layer_by_layer` set on `state` (padding masked out)."""
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_pre_hook(_feeder(name, stats[name], state)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _feeder(name: str, stats: Stats, state: Tap) -> Callable[..., None]:
     def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
         if not args:
             raise ActkitError(f"{name} was called without a positional input; it cannot be calibrated")
         x = args[0]
-        mask = _row_mask(x, current["mask"], name)
+        assert state.context is not None  # set by layer_by_layer before every batch
+        mask = _row_mask(x, state.context.valid, name)
         for reducer in stats.values():
             reducer.update(x, mask)
     return pre
 
 
-__all__ = ["TokenBatch", "layer_by_layer", "token_batches"]
+__all__ = ["layer_by_layer"]

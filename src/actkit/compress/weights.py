@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
-from actkit.compress.layerwise import Stats, layer_by_layer, token_batches
+from actkit.compress.layerwise import Stats, layer_by_layer
 from actkit.compress.masks import NMPattern, check_divisible, make_mask, parse_pattern, resolve_sparsity
 from actkit.compress.scores import DASS_ALPHA, dass_expand, input_norms, magnitude, wanda
 from actkit.compress.sparsegpt import BLOCK_SIZE, DAMPENING, sparsegpt
 from actkit.core.anatomy import Anatomy
+from actkit.core.collect import context_length, token_batches
 from actkit.core.stats import Covariance, Moments
 from actkit.errors import ActkitError
 
@@ -198,7 +199,9 @@ def prune_weights(
                 details[t.name] = _prune_scored(t, magnitude(t.weight), target, nm, None)
     else:
         calib = _as_calibration(calibration)
-        batches, tokens = token_batches(calib.texts, tokenizer, pruned, batch_size=batch_size, max_length=max_length)
+        limit = min(context_length(pruned, tokenizer), max_length or 10**9)
+        batches = list(token_batches(calib.texts, tokenizer, limit=limit, batch_size=batch_size))
+        tokens = sum(b.tokens for b in batches)
         require_tokens(tokens, MIN_TOKENS, calib.source)
         record = calib.record(tokens)
         reducers: dict[str, Callable[[], Any]] = (
