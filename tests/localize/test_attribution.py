@@ -159,3 +159,20 @@ def test_atp_star_runs_on_every_site_and_keeps_the_model_untouched() -> None:
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(actkit.ActkitError, match="unknown attribution method"):
         attribution_patching(model, pair, method="atp-plus")
+
+
+def test_atp_star_is_the_mean_of_qk_fixed_estimates_with_one_block_cut_at_a_time() -> None:
+    """Both parts together: each GradDrop term is the QK-fixed estimate on the model with block ℓ's branches
+    detached (an outer tap), and AtP* averages them over the blocks other than the node's writer."""
+    model, pair = build("llama"), random_pair(3)
+    n = Anatomy.of(model).n_layers
+    star = attribution_patching(model, pair, "resid_pre", method="atp-star")
+    terms = []
+    for dropped in range(n):
+        cut = {f"attn_out.{dropped}": Apply(lambda x: x.detach()), f"mlp_out.{dropped}": Apply(lambda x: x.detach())}
+        with tap(model, write=cut):
+            terms.append(attribution_patching(model, pair, "resid_pre", method="atp-star", grad_drop=False).effects)
+    stacked = torch.stack(terms)
+    writers = [None, 0, 1]  # resid_pre.0 is written by the embedding, resid_pre.k by block k-1
+    expected = torch.stack([stacked[[b for b in range(n) if b != writers[k]], k].mean(0) for k in range(n)])
+    torch.testing.assert_close(star.effects, expected, atol=1e-6, rtol=1e-5)

@@ -24,13 +24,16 @@ the head's dimensions. Cost: two plain forward passes, one forward and one backw
   and QK-norms need no per-family code. Only residual sites have exact queries and keys to substitute: for
   ``attn_out``, ``mlp_out`` and ``heads`` AtP* applies GradDrop alone.
 - *GradDrop.* Direct and indirect effects of a node can cancel in its gradient. GD_ℓ is the estimate with the
-  gradient that flows back into block ℓ (through its attention and MLP branches) set to zero; AtP* averages
+  gradient that flows back into block ℓ's attention and MLP branches dropped: the backward pass crosses block ℓ
+  as if it were the identity. AtP* averages
 
       ĉ_GD(n) = 1/(L−1) Σ_{ℓ ≠ ℓ(n)} ĉ_{GD_ℓ}(n)
 
   over the L−1 blocks other than the one that writes n (a residual node belongs to the block that writes it;
   ``resid_pre.0``, written by the embedding, averages over all L blocks). Each term keeps its sign, so the
-  estimates stay comparable with signed patching effects. Cost: L more backward passes (one graph, gates switched).
+  estimates stay comparable with signed patching effects. Cost: one full backward pass, then for each block ℓ a
+  backward pass from ℓ's input down, seeded with what ℓ adds to the gradient there (the gradient entering its
+  input minus the gradient at its output) — about L/2 full backward passes in all.
 """
 
 from __future__ import annotations
@@ -60,23 +63,6 @@ from actkit.localize.patching import (
 
 METHODS = ("exact", "atp", "atp-star")
 RESIDUAL = ("resid_pre", "resid_post")
-
-
-class _Switch:
-    """Whether the gradient into one block is dropped; read when the backward pass reaches the gate."""
-
-    closed = False
-
-
-class _GradGate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, switch: _Switch) -> torch.Tensor:
-        ctx.switch = switch
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return (torch.zeros_like(grad) if ctx.switch.closed else grad), None
 
 
 @dataclass
@@ -125,15 +111,16 @@ def _recorder(store: dict[int, Pattern], keep_graph: bool) -> Callable[[Attentio
 
 def pattern_shift(base: Pattern, source: Pattern, grad: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """For every position s: Σ ∂M/∂A · (A'(s) − A), A'(s) being the softmax with the query and key at s taken
-    from `source` (row s and column s of the scores change). Returns (T,)."""
+    from `source` (row s and column s of the scores change). `grad` is (R, H, T, T), one ∂M/∂A per row of the
+    base run (the rows share one pattern); returns (R, T)."""
     assert base.probs is not None
     length = base.query.shape[2]
-    scores = base.scores(base.query, base.key).detach()[0]  # (H, T, T)
-    rows = base.scores(source.query, base.key).detach()[0]  # [h, s, t] = q'_s · k_t
-    cols = base.scores(base.query, source.key).detach()[0]  # [h, t, s] = q_t · k'_s
+    scores = base.scores(base.query[:1], base.key[:1]).detach()[0]  # (H, T, T)
+    rows = base.scores(source.query, base.key[:1]).detach()[0]  # [h, s, t] = q'_s · k_t
+    cols = base.scores(base.query[:1], source.key).detach()[0]  # [h, t, s] = q_t · k'_s
     diag = base.scores(source.query[..., None, :], source.key[..., None, :]).detach()[0, ..., 0, 0]  # (H, T)
-    probs, g, allowed = base.probs.detach()[0].float(), grad[0].float(), base.allowed[0]
-    out = torch.zeros(length, dtype=torch.float64)
+    probs, g, allowed = base.probs.detach()[0].float(), grad.float(), base.allowed[0]
+    out = torch.zeros(grad.shape[0], length, dtype=torch.float64)
     for start in range(0, length, chunk):
         idx = torch.arange(start, min(start + chunk, length))
         patched = scores.expand(len(idx), -1, -1, -1).clone()  # (n, H, T, T)
@@ -142,7 +129,7 @@ def pattern_shift(base: Pattern, source: Pattern, grad: torch.Tensor, chunk: int
         patched[n, :, :, idx] = cols[:, :, idx].permute(2, 0, 1)
         patched[n, :, idx, idx] = diag[:, idx].transpose(0, 1)
         shifted = torch.softmax(patched.masked_fill(~allowed, float("-inf")).float(), dim=-1).nan_to_num(0.0)
-        out[idx] = ((shifted - probs) * g).sum(dim=(1, 2, 3)).double()
+        out[:, idx] = torch.einsum("nhtu,rhtu->rn", shifted - probs, g).double()
     return out
 
 
@@ -193,14 +180,17 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
             with torch.no_grad():
                 model(input_ids=source_ids)
 
-    switches = [_Switch() for _ in range(anatomy.n_layers)]
     drop = star and grad_drop and anatomy.n_layers > 1
     deltas = [torch.zeros_like(runs.base[s], requires_grad=True) for s in sites]
     writes: dict[str, list[Apply]] = {s: [Apply(_adder(d))] for s, d in zip(sites, deltas, strict=True)}
-    if drop:
-        for block, switch in enumerate(switches):
-            for branch in (f"attn_out.{block}", f"mlp_out.{block}"):
-                writes.setdefault(branch, []).append(Apply(_gate(switch)))
+    # GradDrop reads the gradient entering and leaving every block, and keeps each block's input tensor
+    entries: dict[int, torch.Tensor] = {}
+    like = runs.base[sites[0]]
+    probes = {(b, kind): torch.zeros(*runs.base_ids.shape, anatomy.hidden_size, dtype=like.dtype, device=like.device,
+                                     requires_grad=True)
+              for b in range(anatomy.n_layers) if drop for kind in ("resid_pre", "resid_post")}
+    for (b, kind), probe in probes.items():
+        writes.setdefault(f"{kind}.{b}", []).append(Apply(_adder(probe, entries if kind == "resid_pre" else None, b)))
     base_patterns: dict[int, Pattern] = {}
     with torch.enable_grad(), tap(model, write=writes), intercept_attention(
             anatomy, dict.fromkeys(pattern_blocks, _recorder(base_patterns, keep_graph=True))):
@@ -209,56 +199,100 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
     if len(probs) != len(pattern_blocks):
         raise ActkitError("AtP*'s QK fix did not see the attention probabilities in the graph; use --method atp")
     pattern_of = dict(zip(pattern_blocks, probs, strict=True))
+    grads = torch.autograd.grad(value, [*deltas, *probs, *probes.values()], retain_graph=True, allow_unused=True)
+    full = Gradients(list(grads[:len(deltas)]), dict(zip(pattern_blocks, grads[len(deltas):len(deltas) + len(probs)],
+                                                         strict=True)))
+    variants = [full]
+    if drop:
+        at = dict(zip(probes, grads[len(deltas) + len(probs):], strict=True))
+        for b in range(anatomy.n_layers):
+            variants.append(full.dropping(b, entries[b], at[b, "resid_pre"], at[b, "resid_post"], deltas, pattern_of))
     moves = [(runs.source[s] - runs.base[s]).detach() for s in sites]
-
-    def estimate() -> torch.Tensor:
-        """One backward pass (with the switches as they are): every node's estimate, (layers, columns)."""
-        grads = torch.autograd.grad(value, [*deltas, *probs], retain_graph=True, allow_unused=True)
-        node_grads, prob_grads = grads[:len(deltas)], dict(zip(pattern_blocks, grads[len(deltas):], strict=True))
-        rows = []
-        for i, (move, grad) in enumerate(zip(moves, node_grads, strict=True)):
-            grad = torch.zeros_like(move) if grad is None else grad
-            j = targets.get(i)
-            g_pattern = prob_grads.get(j) if j is not None else None
-            if j is None or g_pattern is None:
-                rows.append(_per_column(move * grad, site, model))
-                continue
-            through = torch.autograd.grad(pattern_of[j], deltas[i], grad_outputs=g_pattern,
-                                          retain_graph=True)[0]
-            linear = (move * (grad - through)).sum(-1)[0].double()
-            rows.append(linear + pattern_shift(base_patterns[j], source_patterns[j], g_pattern))
-        return torch.stack(rows)
-
-    if not drop:
-        effects = estimate()
-    else:
-        terms = []
-        for switch in switches:
-            switch.closed = True
-            terms.append(estimate())
-            switch.closed = False
-        stacked = torch.stack(terms)  # (L, layers, columns)
-        rows = []
-        for i, layer in enumerate(chosen):
+    rows = []
+    for i, layer in enumerate(chosen):
+        j = targets.get(i)
+        node = [v.node(i, deltas[i]) for v in variants]
+        per_variant = _per_column(moves[i] * torch.cat(node), site, model)  # (variants, columns)
+        if j is not None:
+            patterns = [v.patterns.get(j) for v in variants]
+            throughs = _throughs(pattern_of[j], deltas[i], patterns)
+            g_patterns = torch.cat([torch.zeros_like(pattern_of[j]) if g is None else g for g in patterns])
+            per_variant = ((moves[i] * (torch.cat(node) - throughs)).sum(-1).double()
+                           + pattern_shift(base_patterns[j], source_patterns[j], g_patterns))
+        if drop:
             own = _writer_block(site, layer)
-            keep = [b for b in range(anatomy.n_layers) if b != own]
-            rows.append(stacked[keep, i].mean(dim=0))
-        effects = torch.stack(rows)
+            rows.append(per_variant[[1 + b for b in range(anatomy.n_layers) if b != own]].mean(dim=0))
+        else:
+            rows.append(per_variant[0])
+    effects = torch.stack(rows)
     return PatchResult(site, method, runs.metric.name, direction, runs.clean_metric, runs.corrupt_metric,
                        effects.detach().double(), pair.tokens, chosen, time.perf_counter() - start)
 
 
-def _adder(delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda x: x + delta
+@dataclass
+class Gradients:
+    """∂M at every node (1, T, D) and at every recomputed pattern (1, H, T, T), under one backward rule."""
+
+    nodes: list[torch.Tensor | None]
+    patterns: dict[int, torch.Tensor | None]
+
+    def node(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        g = self.nodes[i]
+        return torch.zeros_like(like) if g is None else g
+
+    def dropping(self, block: int, entry: torch.Tensor, entering: torch.Tensor | None, leaving: torch.Tensor | None,
+                 deltas: list[torch.Tensor], patterns: dict[int, torch.Tensor]) -> Gradients:
+        """The gradients of GD_block: the backward pass crosses `block` as if it were the identity.
+
+        Block ℓ adds (gradient entering its input) − (gradient at its output) to everything upstream of it; that
+        difference, pulled back from the block's input, is what GD_ℓ removes. Patterns of later blocks keep their
+        gradient; the block's own pattern gets none.
+        """
+        seed = (entering if entering is not None else torch.zeros_like(entry)) - (
+            leaving if leaving is not None else torch.zeros_like(entry))
+        upstream = [j for j in patterns if j < block]
+        pulled = torch.autograd.grad(entry, [*deltas, *(patterns[j] for j in upstream)], grad_outputs=seed,
+                                     retain_graph=True, allow_unused=True)
+        nodes = [g if c is None or g is None else g - c
+                 for g, c in zip(self.nodes, pulled[:len(deltas)], strict=True)]
+        changed = dict(self.patterns)
+        for j, c in zip(upstream, pulled[len(deltas):], strict=True):
+            g = changed.get(j)
+            changed[j] = g if c is None or g is None else g - c
+        if block in changed:
+            changed[block] = None
+        return Gradients(nodes, changed)
 
 
-def _gate(switch: _Switch) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda x: _GradGate.apply(x, switch)
+def _throughs(probs: torch.Tensor, delta: torch.Tensor, grads: list[torch.Tensor | None]) -> torch.Tensor:
+    """For each ∂M/∂A in `grads`: the part of the node's gradient that flows through the pattern A (its
+    vector-Jacobian product); identical rows are computed once. Returns (variants, T, D)."""
+    done: dict[int, torch.Tensor] = {}
+    out = []
+    for g in grads:
+        if g is None:
+            out.append(torch.zeros_like(delta))
+            continue
+        if id(g) not in done:
+            done[id(g)] = torch.autograd.grad(probs, delta, grad_outputs=g, retain_graph=True)[0]
+        out.append(done[id(g)])
+    return torch.cat(out)
+
+
+def _adder(delta: torch.Tensor, keep: dict[int, torch.Tensor] | None = None,
+           block: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x + delta (a zero leaf whose gradient is ∂M/∂x); with `keep`, the sum is also kept as ``keep[block]``."""
+    def add(x: torch.Tensor) -> torch.Tensor:
+        y = x + delta
+        if keep is not None:
+            keep[block] = y
+        return y
+    return add
 
 
 def _per_column(product: torch.Tensor, site: str, model: nn.Module) -> torch.Tensor:
-    """Sum a (1, T, D) product over the hidden dimension per position, or per head over positions too."""
+    """Sum a (R, T, D) product over the hidden dimension per position, or per head over positions too: (R, C)."""
     if site != "heads":
-        return product.sum(-1)[0].double()
-    heads = head_count(model)
-    return product[0].reshape(product.shape[1], heads, -1).sum(dim=(0, 2)).double()
+        return product.sum(-1).double()
+    rows, length = product.shape[:2]
+    return product.reshape(rows, length, head_count(model), -1).sum(dim=(1, 3)).double()
