@@ -59,15 +59,10 @@ def test_unknown_name_is_a_clear_error() -> None:
 def test_reduced_evaluation_meets_targets(loaded) -> None:
     name, model, tokenizer = loaded
     metrics = evaluate(model, tokenizer, n=24, moe=False)
-    missed = failures(metrics)
-    if name == "toy-dense":  # the known gap, checked (strictly) below
-        missed = [line for line in missed if not line.startswith("name_mover_accuracy")]
-    assert missed == [], (name, metrics)
+    assert failures(metrics) == [], (name, metrics)
     assert metrics["perplexity"] < 4
 
 
-@pytest.mark.xfail(reason="known gap: toy-dense has no name-mover stage yet (about 5% accuracy, target 90%; see "
-                          "src/actkit/builtin/README.md)", strict=True)
 def test_dense_name_mover_target() -> None:
     model, tokenizer = load_builtin("toy-dense")
     docs = corpus.eval_set("name_mover", 40)

@@ -30,7 +30,7 @@ def test_demo_on_the_toy_model_writes_a_report_whose_vectors_work(tmp_path) -> N
     sentiment = by_name["sentiment"]
     assert sentiment["rows"][-1]["behaviour"] == 1.0 > sentiment["rows"][0]["behaviour"]
     assert sentiment["random"][-1]["behaviour"] < 1.0
-    assert sentiment["site"] == "resid_post.3"  # the block select_layers ranks first
+    assert sentiment["site"] == "resid_post.1"  # the block at 30% of the depth
 
     vector = load_vector(out / refusal["vector_file"])
     assert vector.layers == [0] and vector.metadata["n_pairs"] == refusal["pair_count"]

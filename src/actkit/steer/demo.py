@@ -116,7 +116,7 @@ REAL = (
 #: Experiments for the built-in toy models, on held-out prompts of their corpus.
 TOY = (
     Experiment("sentiment", "builtin:toy-sentiment", "positive rate", "positive", _reviews, (0.0, 0.4, 0.8),
-               select=True),
+               depth=0.3),
     Experiment("refusal", "builtin:toy-refusal", "refusal rate", "refusal", _benign, (0.0, 1.0), layer=0,
                positions="prompt", relative=False),
 )
