@@ -144,5 +144,7 @@ def test_agreement_measures() -> None:
     assert agreement(exact, exact, k=2) == {"pearson": pytest.approx(1.0), "top2_recall": 1.0, "pairs": 1}
     swapped = torch.tensor([[0.0, 3.0, 1.0], [0.0, -2.0, 0.5]])  # the strongest component missed
     assert agreement(exact, swapped, k=2)["top2_recall"] == 0.5
+    sparse = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # two non-zero effects: k shrinks to 2
+    assert agreement(sparse, torch.tensor([[0.1, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.5]]), k=5)["top5_recall"] == 1.0
     with pytest.raises(actkit.ActkitError, match="same pairs"):
         agreement([exact], [exact[:1]])

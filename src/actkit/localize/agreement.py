@@ -20,9 +20,14 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def top_k_recall(exact: torch.Tensor, estimate: torch.Tensor, k: int) -> float:
-    """The share of the k components with the largest |exact effect| that are among the k largest |estimates|."""
+    """The share of the k components with the largest |exact effect| that are among the k largest |estimates|.
+
+    Components whose exact effect is zero (those before the first token where the prompts differ) are not
+    ranked: k shrinks to the number of non-zero effects when there are fewer.
+    """
     x, y = exact.flatten().abs(), estimate.flatten().abs()
-    k = max(1, min(k, x.numel()))
+    nonzero = int((x > 1e-9 * float(x.max())).sum()) if x.numel() else 0
+    k = max(1, min(k, nonzero))
     truth = set(x.topk(k).indices.tolist())
     return len(truth & set(y.topk(k).indices.tolist())) / k
 

@@ -266,17 +266,19 @@ class Gradients:
 
 def _throughs(probs: torch.Tensor, delta: torch.Tensor, grads: list[torch.Tensor | None]) -> torch.Tensor:
     """For each ∂M/∂A in `grads`: the part of the node's gradient that flows through the pattern A (its
-    vector-Jacobian product); identical rows are computed once. Returns (variants, T, D)."""
-    done: dict[int, torch.Tensor] = {}
-    out = []
+    vector-Jacobian product), all distinct ones in one batched call. Returns (variants, T, D)."""
+    distinct: dict[int, int] = {}
+    seeds = []
     for g in grads:
-        if g is None:
-            out.append(torch.zeros_like(delta))
-            continue
-        if id(g) not in done:
-            done[id(g)] = torch.autograd.grad(probs, delta, grad_outputs=g, retain_graph=True)[0]
-        out.append(done[id(g)])
-    return torch.cat(out)
+        if g is not None and id(g) not in distinct:
+            distinct[id(g)] = len(seeds)
+            seeds.append(g)
+    pulled = None
+    if seeds:
+        pulled = torch.autograd.grad(probs, delta, grad_outputs=torch.stack(seeds), retain_graph=True,
+                                     is_grads_batched=True)[0]  # (distinct, 1, T, D)
+    zero = torch.zeros_like(delta)
+    return torch.cat([zero if g is None or pulled is None else pulled[distinct[id(g)]] for g in grads])
 
 
 def _adder(delta: torch.Tensor, keep: dict[int, torch.Tensor] | None = None,
