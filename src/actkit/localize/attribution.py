@@ -268,7 +268,7 @@ def _throughs(probs: torch.Tensor, delta: torch.Tensor, grads: list[torch.Tensor
     """For each ∂M/∂A in `grads`: the part of the node's gradient that flows through the pattern A (its
     vector-Jacobian product), all distinct ones in one batched call. Returns (variants, T, D)."""
     distinct: dict[int, int] = {}
-    seeds = []
+    seeds: list[torch.Tensor] = []
     for g in grads:
         if g is not None and id(g) not in distinct:
             distinct[id(g)] = len(seeds)
