@@ -80,24 +80,32 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "atp": {"method": "atp"},
+    "atp-star": {"method": "atp-star"},
+    "qk-fix only": {"method": "atp-star", "grad_drop": False},
+    "graddrop only": {"method": "atp-star", "qk_fix": False},
+}
+
+
 def agreement_part(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = actkit.load(args.model)
     pairs = name_mover_pairs(tokenizer, args.pairs)
     rows = {}
     for site in args.sites.split(","):
-        effects: dict[str, list[torch.Tensor]] = {"exact": [], "atp": [], "atp-star": []}
+        effects: dict[str, list[torch.Tensor]] = {"exact": [], **{name: [] for name in VARIANTS}}
         seconds = dict.fromkeys(effects, 0.0)
         for pair in pairs:
-            for method in effects:
+            for name in effects:
                 start = time.perf_counter()
-                if method == "exact":
+                if name == "exact":
                     result = activation_patching(model, pair, site, batch_size=args.batch_size)
                 else:
-                    result = attribution_patching(model, pair, site, method=method)
-                seconds[method] += time.perf_counter() - start
-                effects[method].append(result.effects)
+                    result = attribution_patching(model, pair, site, **VARIANTS[name])
+                seconds[name] += time.perf_counter() - start
+                effects[name].append(result.effects)
         rows[site] = {"seconds": {m: round(s, 3) for m, s in seconds.items()},
-                      **{m: agreement(effects["exact"], effects[m]) for m in ("atp", "atp-star")}}
+                      **{m: agreement(effects["exact"], effects[m]) for m in VARIANTS}}
     return {"model": args.model, "pairs": len(pairs), "sites": rows}
 
 
