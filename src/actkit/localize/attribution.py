@@ -120,11 +120,12 @@ def pattern_shift(base: Pattern, source: Pattern, grad: torch.Tensor, chunk: int
     cols = base.scores(base.query[:1], source.key).detach()[0]  # [h, t, s] = q_t · k'_s
     diag = base.scores(source.query[..., None, :], source.key[..., None, :]).detach()[0, ..., 0, 0]  # (H, T)
     probs, g, allowed = base.probs.detach()[0].float(), grad.float(), base.allowed[0]
-    out = torch.zeros(grad.shape[0], length, dtype=torch.float64)
+    device = grad.device
+    out = torch.zeros(grad.shape[0], length, dtype=torch.float64, device=device)
     for start in range(0, length, chunk):
-        idx = torch.arange(start, min(start + chunk, length))
+        idx = torch.arange(start, min(start + chunk, length), device=device)
         patched = scores.expand(len(idx), -1, -1, -1).clone()  # (n, H, T, T)
-        n = torch.arange(len(idx))
+        n = torch.arange(len(idx), device=device)
         patched[n, :, idx, :] = rows[:, idx, :].transpose(0, 1)
         patched[n, :, :, idx] = cols[:, :, idx].permute(2, 0, 1)
         patched[n, :, idx, idx] = diag[:, idx].transpose(0, 1)
@@ -226,7 +227,7 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
             rows.append(per_variant[0])
     effects = torch.stack(rows)
     return PatchResult(site, method, runs.metric.name, direction, runs.clean_metric, runs.corrupt_metric,
-                       effects.detach().double(), pair.tokens, chosen, time.perf_counter() - start)
+                       effects.detach().double().cpu(), pair.tokens, chosen, time.perf_counter() - start)
 
 
 @dataclass
