@@ -33,7 +33,7 @@ def test_demo_on_the_toy_model_writes_a_report_whose_vectors_work(tmp_path) -> N
     assert sentiment["site"] == "resid_post.1"  # the block at 30% of the depth
 
     vector = load_vector(out / refusal["vector_file"])
-    assert vector.layers == [0] and vector.metadata["n_pairs"] == refusal["pair_count"]
+    assert vector.layers == [3] and vector.metadata["n_pairs"] == refusal["pair_count"]  # select_layers' pick
     page = (out / "report.md").read_text()
     assert "| 1 | 1.00 |" in page and refusal["examples"][0]["steered"].strip() in page
 

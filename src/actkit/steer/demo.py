@@ -117,7 +117,7 @@ REAL = (
 TOY = (
     Experiment("sentiment", "builtin:toy-sentiment", "positive rate", "positive", _reviews, (0.0, 0.4, 0.8),
                depth=0.3),
-    Experiment("refusal", "builtin:toy-refusal", "refusal rate", "refusal", _benign, (0.0, 1.0), layer=0,
+    Experiment("refusal", "builtin:toy-refusal", "refusal rate", "refusal", _benign, (0.0, 1.0), select=True,
                positions="prompt", relative=False),
 )
 
