@@ -54,6 +54,7 @@ from actkit.errors import ActkitError
 from actkit.localize.pairs import PromptPair
 from actkit.localize.patching import (
     PatchResult,
+    Runs,
     check_site,
     core_site,
     head_count,
@@ -171,55 +172,25 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
     fix = star and qk_fix and site in RESIDUAL
     targets = {i: _pattern_block(site, layer, anatomy.n_layers) for i, layer in enumerate(chosen)} if fix else {}
     pattern_blocks = sorted({j for j in targets.values() if j is not None})
-    source_patterns: dict[int, Pattern] = {}
-    if pattern_blocks:
-        source_ids = pair.clean if runs.base_ids is pair.corrupt else pair.corrupt
-        handler = _recorder(source_patterns, keep_graph=False)
-        with intercept_attention(anatomy, dict.fromkeys(pattern_blocks, handler)) as why:
-            if why is not None:
-                raise ActkitError(f"AtP*'s QK fix needs the model's attention calls: {why}; use --method atp")
-            with torch.no_grad():
-                model(input_ids=source_ids)
-
+    source_ids = pair.clean if runs.base_ids is pair.corrupt else pair.corrupt
+    source_patterns = _source_patterns(model, anatomy, source_ids, pattern_blocks)
     drop = star and grad_drop and anatomy.n_layers > 1
-    deltas = [torch.zeros_like(runs.base[s], requires_grad=True) for s in sites]
-    writes: dict[str, list[Apply]] = {s: [Apply(_adder(d))] for s, d in zip(sites, deltas, strict=True)}
-    # GradDrop reads the gradient entering and leaving every block, and keeps each block's input tensor
-    entries: dict[int, torch.Tensor] = {}
-    like = runs.base[sites[0]]
-    probes = {(b, kind): torch.zeros(*runs.base_ids.shape, anatomy.hidden_size, dtype=like.dtype, device=like.device,
-                                     requires_grad=True)
-              for b in range(anatomy.n_layers) if drop for kind in ("resid_pre", "resid_post")}
-    for (b, kind), probe in probes.items():
-        writes.setdefault(f"{kind}.{b}", []).append(Apply(_adder(probe, entries if kind == "resid_pre" else None, b)))
-    base_patterns: dict[int, Pattern] = {}
-    with torch.enable_grad(), tap(model, write=writes), intercept_attention(
-            anatomy, dict.fromkeys(pattern_blocks, _recorder(base_patterns, keep_graph=True))):
-        value = runs.metric(model(input_ids=runs.base_ids).logits[:, -1])[0]
-    probs = [p for j in pattern_blocks if (p := base_patterns[j].probs) is not None and p.requires_grad]
-    if len(probs) != len(pattern_blocks):
-        raise ActkitError("AtP*'s QK fix did not see the attention probabilities in the graph; use --method atp")
-    pattern_of = dict(zip(pattern_blocks, probs, strict=True))
-    grads = torch.autograd.grad(value, [*deltas, *probs, *probes.values()], retain_graph=True, allow_unused=True)
-    full = Gradients(list(grads[:len(deltas)]), dict(zip(pattern_blocks, grads[len(deltas):len(deltas) + len(probs)],
-                                                         strict=True)))
-    variants = [full]
-    if drop:
-        at = dict(zip(probes, grads[len(deltas) + len(probs):], strict=True))
-        for b in range(anatomy.n_layers):
-            variants.append(full.dropping(b, entries[b], at[b, "resid_pre"], at[b, "resid_post"], deltas, pattern_of))
-    moves = [(runs.source[s] - runs.base[s]).detach() for s in sites]
+    graph = _GradientPass(model, anatomy, runs, sites, pattern_blocks, drop)
+    variants = graph.variants()
     rows = []
     for i, layer in enumerate(chosen):
+        move = (runs.source[sites[i]] - runs.base[sites[i]]).detach()
+        node = torch.cat([v.node(i, graph.deltas[i]) for v in variants])
         j = targets.get(i)
-        node = [v.node(i, deltas[i]) for v in variants]
-        per_variant = _per_column(moves[i] * torch.cat(node), site, model)  # (variants, columns)
-        if j is not None:
+        if j is None:
+            per_variant = _per_column(move * node, site, model)  # (variants, columns)
+        else:
             patterns = [v.patterns.get(j) for v in variants]
-            throughs = _throughs(pattern_of[j], deltas[i], patterns)
-            g_patterns = torch.cat([torch.zeros_like(pattern_of[j]) if g is None else g for g in patterns])
-            per_variant = ((moves[i] * (torch.cat(node) - throughs)).sum(-1).double()
-                           + pattern_shift(base_patterns[j], source_patterns[j], g_patterns))
+            probs = graph.probs[j]
+            throughs = _throughs(probs, graph.deltas[i], patterns)
+            g_patterns = torch.cat([torch.zeros_like(probs) if g is None else g for g in patterns])
+            per_variant = ((move * (node - throughs)).sum(-1).double()
+                           + pattern_shift(graph.patterns[j], source_patterns[j], g_patterns))
         if drop:
             own = _writer_block(site, layer)
             rows.append(per_variant[[1 + b for b in range(anatomy.n_layers) if b != own]].mean(dim=0))
@@ -228,6 +199,60 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
     effects = torch.stack(rows)
     return PatchResult(site, method, runs.metric.name, direction, runs.clean_metric, runs.corrupt_metric,
                        effects.detach().double().cpu(), pair.tokens, chosen, time.perf_counter() - start)
+
+
+def _source_patterns(model: nn.Module, anatomy: Anatomy, ids: torch.Tensor, blocks: list[int]) -> dict[int, Pattern]:
+    """The queries and keys the other run's attention used at `blocks` (one plain pass)."""
+    patterns: dict[int, Pattern] = {}
+    if not blocks:
+        return patterns
+    with intercept_attention(anatomy, dict.fromkeys(blocks, _recorder(patterns, keep_graph=False))) as why:
+        if why is not None:
+            raise ActkitError(f"AtP*'s QK fix needs the model's attention calls: {why}; use --method atp")
+        with torch.no_grad():
+            model(input_ids=ids)
+    return patterns
+
+
+class _GradientPass:
+    """The base run with gradients: a zero leaf added at every node (its gradient is ∂M at the node), the
+    recomputed attention patterns of `pattern_blocks`, and for GradDrop a zero leaf at every block's input and
+    output, plus each block's input tensor."""
+
+    def __init__(self, model: nn.Module, anatomy: Anatomy, runs: Runs, sites: list[str], pattern_blocks: list[int],
+                 drop: bool):
+        self.drop, self.n_layers = drop, anatomy.n_layers
+        self.deltas = [torch.zeros_like(runs.base[s], requires_grad=True) for s in sites]
+        writes: dict[str, list[Apply]] = {s: [Apply(_adder(d))] for s, d in zip(sites, self.deltas, strict=True)}
+        self.entries: dict[int, torch.Tensor] = {}
+        like = runs.base[sites[0]]
+        self.probes = {(b, kind): torch.zeros(*runs.base_ids.shape, anatomy.hidden_size, dtype=like.dtype,
+                                              device=like.device, requires_grad=True)
+                       for b in range(anatomy.n_layers) if drop for kind in ("resid_pre", "resid_post")}
+        for (b, kind), probe in self.probes.items():
+            keep = self.entries if kind == "resid_pre" else None
+            writes.setdefault(f"{kind}.{b}", []).append(Apply(_adder(probe, keep, b)))
+        self.patterns: dict[int, Pattern] = {}
+        with torch.enable_grad(), tap(model, write=writes), intercept_attention(
+                anatomy, dict.fromkeys(pattern_blocks, _recorder(self.patterns, keep_graph=True))):
+            self.value = runs.metric(model(input_ids=runs.base_ids).logits[:, -1])[0]
+        self.probs = {j: p for j in pattern_blocks
+                      if (p := self.patterns[j].probs) is not None and p.requires_grad}
+        if len(self.probs) != len(pattern_blocks):
+            raise ActkitError("AtP*'s QK fix did not see the attention probabilities in the graph; use --method atp")
+
+    def variants(self) -> list[Gradients]:
+        """The full gradients, then (with GradDrop) those of GD_0 .. GD_{L-1}."""
+        probs = list(self.probs.values())
+        leaves = [*self.deltas, *probs, *self.probes.values()]
+        grads = torch.autograd.grad(self.value, leaves, retain_graph=True, allow_unused=True)
+        n, m = len(self.deltas), len(probs)
+        full = Gradients(list(grads[:n]), dict(zip(self.probs, grads[n:n + m], strict=True)))
+        if not self.drop:
+            return [full]
+        at = dict(zip(self.probes, grads[n + m:], strict=True))
+        return [full, *(full.dropping(b, self.entries[b], at[b, "resid_pre"], at[b, "resid_post"], self.deltas,
+                                      self.probs) for b in range(self.n_layers))]
 
 
 @dataclass
