@@ -46,6 +46,13 @@ def test_few_steps_reduce_loss_and_are_reproducible(tmp_path) -> None:
         torch.testing.assert_close(model(ids).logits, first["_model"](ids).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_dense_weights_do_not_depend_on_the_thread_count() -> None:
+    """Why toy-dense's recipe may train on two threads and still reproduce the shipped weights bit for bit."""
+    one = train(replace(tiny_recipe("llama", steps=8), threads=1))["_model"].state_dict()
+    two = train(replace(tiny_recipe("llama", steps=8), threads=2))["_model"].state_dict()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
 def test_moe_recipe_trains() -> None:
     record = train(tiny_recipe("mixtral", steps=10))
     assert record["_model"].config.model_type == "mixtral" and record["final_heldout_loss"] < 6.5

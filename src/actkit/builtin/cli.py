@@ -32,7 +32,8 @@ def train_command(
     name: NameArg = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder; each model goes to OUT/NAME.")] = Path(
         "builtin-models"),
-    minutes: Annotated[float, typer.Option("--minutes", help="Wall-clock cap per model; stops early if hit.")] = 20.0,
+    minutes: Annotated[float, typer.Option("--minutes", help="Wall-clock cap per model; stops early if hit (the "
+                                           "recipes take 12-20 min on 2 idle cores).")] = 60.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the corpus, tokenizer, data order and weights.")] = 0,
     resume: Annotated[Path | None, typer.Option("--resume", help="A folder that stages 1-2 of the recipe wrote: "
                                                 "run only the name-mover stage from it (one NAME).")] = None,
