@@ -15,7 +15,7 @@ L*T/batch_size passes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +47,6 @@ class PatchResult:
     tokens: list[str]
     layers: list[int]
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def columns(self) -> str:
@@ -58,7 +57,7 @@ class PatchResult:
         return {"site": self.site, "method": self.method, "metric": self.metric, "direction": self.direction,
                 "clean_metric": self.clean_metric, "corrupt_metric": self.corrupt_metric,
                 "effects": [[float(v) for v in row] for row in self.effects], "layers": self.layers,
-                "columns": self.columns, "tokens": self.tokens, "seconds": round(self.seconds, 4), **self.extra}
+                "columns": self.columns, "tokens": self.tokens, "seconds": round(self.seconds, 4)}
 
 
 def check_site(site: str) -> None:
@@ -112,6 +111,7 @@ class Runs:
     """The two plain runs of a pair and the metric, oriented by direction: `base` is the run that is patched."""
 
     base_ids: torch.Tensor
+    source_ids: torch.Tensor
     base: dict[str, torch.Tensor]
     source: dict[str, torch.Tensor]
     metric: Metric
@@ -130,8 +130,8 @@ def plain_runs(model: nn.Module, pair: PromptPair, sites: list[str], metric: str
     m = make_metric(metric, pair.answer, pair.foil, clean_logits[0])
     clean_value, corrupt_value = float(m(clean_logits)[0]), float(m(corrupt_logits)[0])
     if direction == "denoise":
-        return Runs(pair.corrupt, corrupt, clean, m, clean_value, corrupt_value, corrupt_value)
-    return Runs(pair.clean, clean, corrupt, m, clean_value, corrupt_value, clean_value)
+        return Runs(pair.corrupt, pair.clean, corrupt, clean, m, clean_value, corrupt_value, corrupt_value)
+    return Runs(pair.clean, pair.corrupt, clean, corrupt, m, clean_value, corrupt_value, clean_value)
 
 
 def activation_patching(model: nn.Module, pair: PromptPair, site: str = "resid_post", *, metric: str = "logit-diff",
