@@ -168,11 +168,12 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
     anatomy = Anatomy.of(model)
     chosen = resolve_layers(model, layers)
     sites = [core_site(site, layer) for layer in chosen]
-    runs = plain_runs(model, pair, sites, metric, direction)
     fix = star and qk_fix and site in RESIDUAL
     targets = {i: _pattern_block(site, layer, anatomy.n_layers) for i, layer in enumerate(chosen)} if fix else {}
     pattern_blocks = sorted({j for j in targets.values() if j is not None})
-    source_patterns = _source_patterns(model, anatomy, runs.source_ids, pattern_blocks)
+    source_patterns: dict[int, Pattern] = {}  # the queries and keys of the run whose values are patched in
+    runs = plain_runs(model, pair, sites, metric, direction,
+                      dict.fromkeys(pattern_blocks, _recorder(source_patterns, keep_graph=False)))
     drop = star and grad_drop and anatomy.n_layers > 1
     graph = _GradientPass(model, anatomy, runs, sites, pattern_blocks, drop)
     variants = graph.variants()
@@ -198,19 +199,6 @@ def attribution_patching(model: nn.Module, pair: PromptPair, site: str = "resid_
     effects = torch.stack(rows)
     return PatchResult(site, method, runs.metric.name, direction, runs.clean_metric, runs.corrupt_metric,
                        effects.detach().double().cpu(), pair.tokens, chosen, time.perf_counter() - start)
-
-
-def _source_patterns(model: nn.Module, anatomy: Anatomy, ids: torch.Tensor, blocks: list[int]) -> dict[int, Pattern]:
-    """The queries and keys the other run's attention used at `blocks` (one plain pass)."""
-    patterns: dict[int, Pattern] = {}
-    if not blocks:
-        return patterns
-    with intercept_attention(anatomy, dict.fromkeys(blocks, _recorder(patterns, keep_graph=False))) as why:
-        if why is not None:
-            raise ActkitError(f"AtP*'s QK fix needs the model's attention calls: {why}; use --method atp")
-        with torch.no_grad():
-            model(input_ids=ids)
-    return patterns
 
 
 class _GradientPass:

@@ -15,6 +15,8 @@ L*T/batch_size passes.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from actkit.core.anatomy import Anatomy
+from actkit.core.attention import Handler, intercept_attention
 from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Set
 from actkit.core.positions import At
@@ -93,10 +96,15 @@ def resolve_layers(model: nn.Module, layers: list[int] | None) -> list[int]:
     return chosen
 
 
-def capture(model: nn.Module, ids: torch.Tensor, sites: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One plain pass: the activations at `sites` (1, T, D) and the last position's logits (1, V)."""
+def capture(model: nn.Module, ids: torch.Tensor, sites: list[str], attention: Mapping[int, Handler] | None = None
+            ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One plain pass: the activations at `sites` (1, T, D) and the last position's logits (1, V); `attention`
+    handlers (block -> handler) see that pass's attention calls."""
     caps = {s: Capture() for s in sites}
-    with torch.no_grad(), tap(model, read=caps):
+    watch = intercept_attention(Anatomy.of(model), dict(attention)) if attention else nullcontext()
+    with torch.no_grad(), tap(model, read=caps), watch as why:
+        if why is not None:
+            raise ActkitError(f"AtP*'s QK fix needs the model's attention calls: {why}; use --method atp")
         logits = model(input_ids=ids).logits[:, -1]
     values = {s: c.last for s, c in caps.items()}
     for s, v in values.items():
@@ -120,16 +128,19 @@ class Runs:
     base_metric: float
 
 
-def plain_runs(model: nn.Module, pair: PromptPair, sites: list[str], metric: str, direction: str) -> Runs:
+def plain_runs(model: nn.Module, pair: PromptPair, sites: list[str], metric: str, direction: str,
+               source_attention: Mapping[int, Handler] | None = None) -> Runs:
+    """Both plain runs; `source_attention` handlers see the attention calls of the run whose values are patched in."""
     check_direction(direction)
-    clean, clean_logits = capture(model, pair.clean, sites)
-    corrupt, corrupt_logits = capture(model, pair.corrupt, sites)
+    denoise = direction == "denoise"
+    clean, clean_logits = capture(model, pair.clean, sites, source_attention if denoise else None)
+    corrupt, corrupt_logits = capture(model, pair.corrupt, sites, None if denoise else source_attention)
     if clean_logits.shape[-1] <= max(pair.answer, pair.foil or 0):
         raise ActkitError("the answer or foil token id is outside the model's vocabulary: is the tokenizer the "
                           "model's own?")
     m = make_metric(metric, pair.answer, pair.foil, clean_logits[0])
     clean_value, corrupt_value = float(m(clean_logits)[0]), float(m(corrupt_logits)[0])
-    if direction == "denoise":
+    if denoise:
         return Runs(pair.corrupt, pair.clean, corrupt, clean, m, clean_value, corrupt_value, corrupt_value)
     return Runs(pair.clean, pair.corrupt, clean, corrupt, m, clean_value, corrupt_value, clean_value)
 
