@@ -41,8 +41,9 @@ import transformers
 
 import actkit
 from actkit import load
+from actkit.core.generate import generate_ids
 from actkit.core.positions import StepContext
-from actkit.steer import generate_ids, read_pairs, train_vector
+from actkit.steer import read_pairs, train_vector
 from actkit.steer.pairs import DATA_DIR
 
 from machine import cpu_model, interleaved

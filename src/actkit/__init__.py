@@ -9,6 +9,8 @@ The public API:
 - Positions (`All`, `Last`, `Prompt`, `Generated`, `From`, `At`) and interventions (`Add`, `Set`, `Apply`).
 - Streaming reducers (`Mean`, `Moments`, `NormHistogram`, `TopK`, `ActiveFraction`, `Covariance`).
 - `collect(model, texts, sites, reducers, tokenizer=...)`: run a model over texts and reduce activations.
+- `generate(model, tokenizer, prompts, writes=...)`: batched, left-padded generation under interventions (the one
+  generation function every pillar, the demo and the server use).
 - `profile(model, tokenizer, texts)`: the per-block activation profile behind ``actkit profile`` (norms, massive
   activations, sparsity, signal propagation, attention logits, log Z, router load).
 """
@@ -16,6 +18,7 @@ The public API:
 from actkit.core import families as _families  # noqa: F401  (registers the anatomy tables)
 from actkit.core.anatomy import Anatomy, Experts, Family, Hook, register_family
 from actkit.core.collect import Collection, collect, read_texts
+from actkit.core.generate import generate, generate_ids
 from actkit.core.hooks import Capture, Read, Tap, tap
 from actkit.core.interventions import Add, Apply, Intervention, Set
 from actkit.core.positions import (
@@ -41,5 +44,5 @@ __all__ = [
     "ActiveFraction", "ActkitError", "Add", "All", "Anatomy", "Apply", "At", "Capture", "Collection",
     "Covariance", "Experts", "Family", "From", "Generated", "Hook", "Intervention", "Last", "Mean", "Moments",
     "NormHistogram", "Positions", "Prompt", "Read", "Set", "Site", "StepContext", "Tap", "TopK", "collect",
-    "load", "parse_positions", "profile", "read_texts", "register_family", "tap",
+    "generate", "generate_ids", "load", "parse_positions", "profile", "read_texts", "register_family", "tap",
 ]

@@ -36,10 +36,10 @@ from actkit.core.anatomy import Anatomy
 from actkit.core.collect import read_texts
 from actkit.core.sites import SITE_KINDS, Site
 from actkit.errors import ActkitError
+from actkit.io import check_writable, to_json
 from actkit.models import load
 from actkit.observe.default_text import default_texts
 from actkit.observe.profile import PROFILE_FILE, REPORT_FILE, profile, report_files, write_report
-from actkit.report.files import check_writable, to_json
 
 app = typer.Typer(
     name="actkit",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actkit import load
+from actkit import generate, load
 from actkit.builtin.corpus import documents, eval_set, texts
 from actkit.evaluate.shift import kl_to_base, random_control, refusal_fraction, sweep
 from actkit.steer import (
@@ -25,7 +25,6 @@ from actkit.steer import (
     combine,
     conditional,
     direction,
-    generate,
     read_activations,
     read_pairs,
     train_vector,

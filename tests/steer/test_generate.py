@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actkit import ActkitError, Add, Generated
-from actkit.steer import generate, generate_ids
+from actkit.core.generate import generate, generate_ids
 
 PROMPTS = ["the quick brown fox", "hi", "steering vectors"]
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from actkit.steer import SteeringVector, generate, load_vector, save_vector
+from actkit.core.generate import generate
+from actkit.steer import SteeringVector, load_vector, save_vector
 from actkit.steer.cli import DATA_DIR
 
 from cli_helpers import assert_bad_input, invoke

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from actkit import ActkitError, Add, Capture, tap
+from actkit import ActkitError, Add, Capture, generate_ids, tap
 from actkit.steer import (
     Ablate,
     Clamp,
@@ -15,7 +15,6 @@ from actkit.steer import (
     ablation_everywhere,
     combine,
     conditional,
-    generate_ids,
     read_activations,
 )
 

@@ -94,8 +94,9 @@ def weights_command(
     from actkit.compress.masks import parse_pattern, resolve_sparsity
     from actkit.compress.weights import METHODS, REPORT_FILE, prune_weights
     from actkit.evaluate.perplexity import nll
+    from actkit.io import check_output_folder
     from actkit.models import load
-    from actkit.models.checkpoint import check_output_folder, save_checkpoint
+    from actkit.models.checkpoint import save_checkpoint
 
     with bad_input():
         if method not in METHODS:

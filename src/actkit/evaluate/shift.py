@@ -27,11 +27,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from actkit.core.generate import generate
 from actkit.core.hooks import tap
 from actkit.errors import ActkitError
 from actkit.evaluate.behaviours import is_refusal, sentiment_label
 from actkit.evaluate.perplexity import nll
-from actkit.steer.generate import generate
 from actkit.steer.vectors import SteeringVector
 
 #: A behaviour score: completions -> a number (higher = more of the behaviour).

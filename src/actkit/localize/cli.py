@@ -53,11 +53,11 @@ def patch_command(
     denoising). atp and atp-star estimate the same effects from gradients, at a fraction of the cost.
     """
     with bad_input():
+        from actkit.io import check_writable
         from actkit.localize.attribution import METHODS, attribution_patching
         from actkit.localize.pairs import prompt_pair
         from actkit.localize.patching import activation_patching, check_direction, check_site
         from actkit.models import load
-        from actkit.report.files import check_writable
 
         check_site(site)
         check_direction(direction)
@@ -77,7 +77,7 @@ def patch_command(
         data = result.to_dict()
         written = _write(data, out) if out is not None else []
     if as_json:
-        from actkit.report.files import to_json
+        from actkit.io import to_json
 
         print(to_json(data))
         return
@@ -87,7 +87,7 @@ def patch_command(
 
 
 def _write(data: dict[str, Any], out: Path) -> list[Path]:
-    from actkit.report.files import make_folder, publish, staging, to_json
+    from actkit.io import make_folder, publish, staging, to_json
     from actkit.report.patching import plot_effects
     from actkit.report.plots import MissingMatplotlib
 

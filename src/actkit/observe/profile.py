@@ -29,6 +29,7 @@ from actkit.core.hooks import tap
 from actkit.core.sites import Site
 from actkit.core.stats import Moments, NormHistogram, TopK
 from actkit.errors import ActkitError
+from actkit.io import check_writable, make_folder, publish, staging, to_json
 from actkit.observe.attention import NOT_CALLED, AttentionLogitMax, attention_probe
 from actkit.observe.massive import RATIOS, TokenLookup, intervene, massive_entries
 from actkit.observe.reducers import (
@@ -38,7 +39,6 @@ from actkit.observe.reducers import (
     RelativeActivity,
     RouterStats,
 )
-from actkit.report.files import check_writable, make_folder, publish, staging, to_json
 
 PROFILE_FILE = "profile.json"
 REPORT_FILE = "report.html"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import actkit
-from actkit.report.files import check_writable, make_folder, publish, staging, to_json
+from actkit.io import check_writable, make_folder, publish, staging, to_json
 
 REPORT_MD = "report.md"
 RESULTS_JSON = "results.json"

@@ -8,7 +8,6 @@ The public API:
   `read_activations`; `select_layers(model, tokenizer, pairs)` -> (ranking table, chosen layers).
 - `SteeringVector.to_intervention(coef, positions, relative)` -> writes for ``tap`` or `generate`.
 - Interventions: `Ablate`, `Clamp`, `Conditional` / `conditional` (CAST), `ablation_everywhere`, `combine`.
-- `generate(model, tokenizer, prompts, writes=...)`: batched, left-padded, greedy by default.
 - Files: `save_vector` / `load_vector` (safetensors + JSON metadata), `export_gguf` / `import_gguf` (llama.cpp
   control vectors), `export_ablated` (a Hugging Face checkpoint with the ablation baked into the weights).
 """
@@ -27,7 +26,6 @@ from actkit.steer.directions import (
     read_activations,
     train_vector,
 )
-from actkit.steer.generate import generate, generate_ids
 from actkit.steer.gguf import export_gguf, import_gguf
 from actkit.steer.interventions import (
     Ablate,
@@ -45,7 +43,7 @@ from actkit.steer.vectors import SteeringVector, check_fits, load_vector, save_v
 __all__ = [
     "METHODS", "Ablate", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
     "ablation_everywhere", "actadd", "check_fits", "combine", "conditional", "direction", "export_ablated",
-    "export_gguf", "generate", "generate_ids", "import_gguf", "load_vector", "mean_diff", "pairs_hash",
+    "export_gguf", "import_gguf", "load_vector", "mean_diff", "pairs_hash",
     "pca_center", "pca_diff", "probe", "read_activations", "read_pairs", "residual_writers", "save_vector",
     "select_layers", "train_vector",
 ]

@@ -32,7 +32,8 @@ from torch import nn
 from actkit.core.anatomy import Anatomy, output_head
 from actkit.core.hooks import tap
 from actkit.errors import ActkitError
-from actkit.models.checkpoint import check_output_folder, save_checkpoint
+from actkit.io import check_output_folder
+from actkit.models.checkpoint import save_checkpoint
 from actkit.steer.interventions import ablation_everywhere
 from actkit.steer.vectors import SteeringVector, model_name
 

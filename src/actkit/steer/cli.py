@@ -267,9 +267,10 @@ def generate_command(
 ) -> None:
     """Generate a continuation of each prompt, optionally steered by a vector (greedy unless --sample)."""
     from actkit.compress.experts.scores import parse_experts
+    from actkit.core.generate import generate
     from actkit.core.positions import parse_positions
     from actkit.models import load
-    from actkit.steer import SteeringVector, generate
+    from actkit.steer import SteeringVector
 
     with bad_input():
         if vector is None:

@@ -18,8 +18,6 @@ the file holds the vectors at coefficient 1. actkit's metadata travels in an ext
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 
 from actkit.errors import ActkitError
+from actkit.io import atomic_file, check_output_file
 from actkit.steer.vectors import SteeringVector, check_fits
 
 ARCH = "controlvector"
@@ -55,17 +54,12 @@ def export_gguf(vector: SteeringVector, path: str | Path, *, overwrite: bool = F
     if 0 in vector.directions:
         raise ActkitError("llama.cpp never applies a control vector to the output of the first block "
                           "(direction.0 is rejected by its loader); drop layer 0 from the vector")
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise ActkitError(f"{str(p)!r} already exists; pass --force to overwrite it (overwrite=True in Python)")
+    p = check_output_file(path, overwrite=overwrite)
     hint = model_hint or str((vector.metadata.get("config") or {}).get("model_type") or
                              vector.metadata.get("model") or "unknown")
     meta = {**vector.metadata, "site": vector.site, "layers": vector.layers}
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, ARCH)
+    with atomic_file(p, overwrite=overwrite) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", hint)
         writer.add_uint32(f"{ARCH}.layer_count", len(vector.directions))
         writer.add_string(_META_KEY, json.dumps(meta, sort_keys=True))
@@ -75,11 +69,6 @@ def export_gguf(vector: SteeringVector, path: str | Path, *, overwrite: bool = F
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a vector file should read like any file
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from actkit.core.interventions import Add, Intervention
 from actkit.core.positions import Positions, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
+from actkit.io import atomic_file, check_output_file
 
 FORMAT_VERSION = "1"
 #: The config fields that decide whether a vector fits a model (their sha256 is the ``config_hash``).
@@ -174,11 +173,7 @@ def save_vector(vector: SteeringVector, path: str | Path, *, overwrite: bool = F
     """
     from safetensors.torch import save_file
 
-    p = Path(path)
-    if p.is_dir():
-        raise ActkitError(f"{str(p)!r} is a folder; give a file name such as vector.safetensors")
-    if p.exists() and not overwrite:
-        raise ActkitError(f"{str(p)!r} already exists; pass --force to overwrite it (overwrite=True in Python)")
+    p = check_output_file(path, overwrite=overwrite)
     meta = dict(vector.metadata)
     meta.update(site=vector.site, layers=vector.layers, hidden_size=vector.hidden_size)
     try:
@@ -186,19 +181,8 @@ def save_vector(vector: SteeringVector, path: str | Path, *, overwrite: bool = F
     except (TypeError, ValueError) as error:
         raise ActkitError(f"the vector's metadata cannot be written as JSON: {error}") from None
     tensors = {f"layers.{layer}": v.contiguous() for layer, v in vector.directions.items()}
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ActkitError(f"cannot create the folder {str(p.parent)!r}: {error.strerror or error}") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format_version": FORMAT_VERSION, "actkit": blob})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a vector file should read like any file
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(p, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={"format_version": FORMAT_VERSION, "actkit": blob})
     return p
 
 

@@ -71,8 +71,9 @@ def experts_command(
     from actkit.compress.experts.prune import prune_experts
     from actkit.compress.experts.scores import parse_experts
     from actkit.evaluate.perplexity import nll
+    from actkit.io import check_output_folder
     from actkit.models import load
-    from actkit.models.checkpoint import check_output_folder, save_checkpoint
+    from actkit.models.checkpoint import save_checkpoint
 
     with bad_input():
         if method not in METHODS:

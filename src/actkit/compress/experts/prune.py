@@ -31,7 +31,8 @@ from actkit.compress.experts.slicing import slice_experts
 from actkit.compress.experts.stats import ExpertStats, expert_stats
 from actkit.core.anatomy import Anatomy
 from actkit.errors import ActkitError
-from actkit.models.checkpoint import check_output_folder, save_checkpoint
+from actkit.io import check_output_folder
+from actkit.models.checkpoint import save_checkpoint
 
 #: The report written beside the checkpoint.
 REPORT_FILE = "actkit_experts.json"

@@ -1,0 +1,224 @@
+"""Writing files safely: never over a user's file without ``overwrite``, never half a file, never a traceback.
+
+This is the one place actkit writes results. Three shapes cover every output:
+
+- `atomic_file(path)`: one file (a vector, a GGUF control vector, a probe), written under a hidden temporary name
+  in the same folder and renamed into place, so a reader sees the old file or the whole new one.
+- `staging(folder)` + `publish(...)`: a report (several files in a user's folder), rendered into a hidden folder
+  inside it and moved into place file by file.
+- `atomic_folder(out_dir)`: a whole folder (a checkpoint), completed under a hidden sibling name and then renamed.
+
+On any failure, an exception or SIGTERM (which the command line turns into an exception), the temporary file or
+folder is removed and the output is left as it was. File-system errors (a folder that cannot be written, a path
+under a regular file) become `ActkitError` with the path and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from actkit.errors import ActkitError
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def make_folder(folder: str | Path) -> Path:
+    """Create `folder` (and its parents), or say clearly why it cannot be."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ActkitError(f"cannot create the folder {str(path)!r}: a file is in the way "
+                          "(it or one of its parents is a regular file)") from None
+    except NotADirectoryError:
+        raise ActkitError(f"cannot create the folder {str(path)!r}: one of its parents is a regular file") from None
+    except OSError as error:
+        raise ActkitError(f"cannot create the folder {str(path)!r}: {_reason(error)}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ActkitError(f"the folder {str(path)!r} cannot be written (permission denied); choose another --out")
+    return path
+
+
+def check_writable(out_dir: str | Path, names: Sequence[str], *, overwrite: bool = False) -> None:
+    """Fail before any work is done when `out_dir` cannot hold the report `names`, or already holds one of them
+    and `overwrite` is off."""
+    folder = Path(out_dir)
+    _check_parents(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ActkitError(f"output folder {str(folder)!r} is a file; give a folder for --out")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ActkitError(f"the folder {str(folder)!r} cannot be written (permission denied); choose another --out")
+    if overwrite:
+        return
+    taken = [name for name in names if (folder / name).exists()]
+    if taken:
+        more = f" (and {len(taken) - 1} more report files)" if len(taken) > 1 else ""
+        raise ActkitError(f"{str(folder / taken[0])!r} already exists{more}; pass --force to overwrite "
+                          "(overwrite=True in Python)")
+
+
+def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse a folder, a path under a regular file, an unwritable folder, or an existing file without
+    `overwrite`; return the path. Call it before expensive work, so a user learns of the clash at once."""
+    p = Path(path)
+    if p.is_dir():
+        raise ActkitError(f"{str(p)!r} is a folder; give a file name")
+    _check_parents(p)
+    if p.exists() and not overwrite:
+        raise ActkitError(f"{str(p)!r} already exists; pass --force to overwrite it (overwrite=True in Python)")
+    parent = _existing_ancestor(p.parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ActkitError(f"cannot write {str(p)!r}: the folder {str(parent)!r} is not writable (permission denied)")
+    return p
+
+
+def check_output_folder(out_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse a file, the current folder or one of its parents, an unwritable parent, or an existing non-empty
+    folder unless `overwrite` (the CLI's ``--force``); return the path."""
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ActkitError(f"{str(folder)!r} is a file; give a folder for --out")
+    _check_parents(folder)
+    resolved, here = folder.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise ActkitError(f"--out {str(folder)!r} is the current folder or one of its parents; it would be replaced "
+                          "as a whole: give a new folder, for example --out pruned/")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ActkitError(f"{str(folder)!r} exists and is not empty; pass --force to replace it "
+                          "(overwrite=True in Python), or choose another --out")
+    parent = _existing_ancestor(folder.parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ActkitError(f"cannot write {str(folder)!r}: the folder {str(parent)!r} is not writable "
+                          "(permission denied)")
+    return folder
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path if str(path) else Path(".")
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_parents(path: Path) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ActkitError(f"cannot write {str(path)!r}: {str(parent)!r} is a regular file, not a folder")
+            return
+
+
+@contextmanager
+def atomic_file(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block ends without error it becomes `path` (one rename).
+
+    The folder is created if needed; an existing file is replaced only with `overwrite`.
+    """
+    p = check_output_file(path, overwrite=overwrite)
+    make_folder(p.parent if str(p.parent) else ".")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as error:
+        raise ActkitError(f"cannot write {str(p)!r}: {_reason(error)}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an output should read like any file
+        os.replace(tmp, p)
+    except OSError as error:
+        raise ActkitError(f"cannot write {str(p)!r}: {_reason(error)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
+    """Write `text` to `path` atomically (see `atomic_file`)."""
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+class staging:
+    """A hidden temporary folder inside `folder` (same file system, so moves out of it are atomic renames)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path: Path | None = None
+
+    def __enter__(self) -> Path:
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=".actkit-", suffix=".tmp", dir=self.folder))
+        except OSError as error:
+            raise ActkitError(f"cannot write into {str(self.folder)!r}: {_reason(error)}") from None
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def publish(stage: Path, folder: Path, names: Sequence[str]) -> list[Path]:
+    """Move the staged files `names` into `folder`, each with one atomic rename."""
+    out = []
+    for name in names:
+        os.replace(stage / name, folder / name)
+        out.append(folder / name)
+    return out
+
+
+@contextmanager
+def atomic_folder(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden folder beside `out_dir`; when the block ends without error it takes that name.
+
+    With `overwrite` an existing folder is replaced only once the new one is complete.
+    """
+    folder = check_output_folder(out_dir, overwrite)
+    make_folder(folder.parent if str(folder.parent) else ".")
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    except OSError as error:
+        raise ActkitError(f"cannot write {str(folder)!r}: {_reason(error)}") from None
+    stage.chmod(0o755)  # mkdtemp makes it private; the output should read like any folder
+    try:
+        yield stage
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            stage.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            stage.rename(folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def to_json(result: Any) -> str:
+    """`result` as strict, indented JSON (NaN and infinity, which JSON lacks, become null)."""
+    return json.dumps(_finite(result), indent=2)
+
+
+def _finite(value: Any) -> Any:
+    """Strict JSON has no NaN or infinity; write them as null rather than produce a file parsers reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+__all__ = ["atomic_file", "atomic_folder", "check_output_file", "check_output_folder", "check_writable",
+           "make_folder", "publish", "staging", "to_json", "write_text"]
