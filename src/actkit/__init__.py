@@ -37,8 +37,7 @@ from actkit.core.stats import ActiveFraction, Covariance, Mean, Moments, NormHis
 from actkit.errors import ActkitError
 from actkit.models import load
 from actkit.observe import profile
-
-__version__ = "0.1.0"
+from actkit.version import __version__ as __version__
 
 __all__ = [
     "ActiveFraction", "ActkitError", "Add", "All", "Anatomy", "Apply", "At", "Capture", "Collection",

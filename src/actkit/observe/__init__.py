@@ -2,8 +2,8 @@
 
 - `profile(model, tokenizer, texts)`: norms, massive activations, MLP sparsity, signal propagation, attention
   logits, log Z and MoE routing, in one streaming pass (schema in ``README.md`` here).
-- `write_report(result, out_dir)`: ``profile.json``, PNG plots and ``report.html``; `write_profile` writes the
-  JSON alone.
+- `write_profile(result, out_dir)`: ``profile.json``, atomically. The full report (plots and ``report.html``) is
+  an application: `actkit.report.profile.write_report`.
 - `intervene(...)`: perplexity with massive activations set to zero and to their mean.
 - `default_texts()`: the built-in English sample used when no text is given.
 """
@@ -12,6 +12,6 @@ from __future__ import annotations
 
 from actkit.observe.default_text import default_texts
 from actkit.observe.massive import intervene
-from actkit.observe.profile import Report, profile, to_json, write_profile, write_report
+from actkit.observe.profile import PROFILE_FILE, profile, write_profile
 
-__all__ = ["Report", "default_texts", "intervene", "profile", "to_json", "write_profile", "write_report"]
+__all__ = ["PROFILE_FILE", "default_texts", "intervene", "profile", "write_profile"]

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-import actkit
 from actkit.io import check_writable, make_folder, publish, staging, to_json
+from actkit.version import __version__
 
 REPORT_MD = "report.md"
 RESULTS_JSON = "results.json"
@@ -24,7 +24,7 @@ REPORT_FILES = [REPORT_MD, RESULTS_JSON, PLOT_PNG]
 
 def environment() -> dict[str, Any]:
     """Versions and threads, recorded with every figure."""
-    return {"actkit": actkit.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"actkit": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "machine": platform.machine()}
 
 
@@ -56,7 +56,7 @@ def _experiment(exp: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    """The report page for what `actkit.steer.demo.run_demo` returned."""
+    """The report page for what `actkit.demo.steering.run_demo` returned."""
     env = result["environment"]
     lines = [
         f"# Steering {result['model']}",

@@ -42,10 +42,10 @@ def demo_command(
     Each is swept over a few coefficients beside a random direction of the same norm, with the KL to the plain
     model and the perplexity as the cost.
     """
+    from actkit.demo.steering import experiments_for, run_demo, vector_files
     from actkit.io import check_writable, to_json
     from actkit.models import load
     from actkit.report.steering import REPORT_FILES, write_steering_report
-    from actkit.steer.demo import experiments_for, run_demo, vector_files
 
     with bad_input():
         if prompts < 1 or max_new_tokens < 1:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from actkit import ActkitError
-from actkit.observe import profile, write_report
+from actkit.observe import profile
 from actkit.report import html, plots
+from actkit.report.profile import write_report
 
 from observe_helpers import ByteTokenizer, texts
 from tiny import build

@@ -1,0 +1,6 @@
+"""The main job, ``actkit demo``: an application over the steer and evaluate pillars and the reports.
+
+`steering.run_demo` trains vectors from shipped pairs, steers, compares with the plain model and a random
+direction of the same norm, and returns the numbers; `cli.demo_command` writes them as a report. It sits above the
+pillars (it chooses the data, the built-in prompts and the report), so no pillar imports it.
+"""
