@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from actkit.errors import ActkitError
-from actkit.models import gguf, list_builtin, load, packaged
+from actkit.models import builtin_folder, gguf, list_builtin, load, packaged
 from actkit.models.load import model_class
 
 TEXT = "Hello, wörld! Activation engineering 101."
@@ -91,6 +91,24 @@ def test_random_llama_in_bfloat16() -> None:
 def test_list_builtin_names_random_llama() -> None:
     assert "random-llama" in list_builtin()
     assert list_builtin() == sorted(list_builtin())
+
+
+def test_builtin_registry_matches_the_shipped_folders() -> None:
+    shipped = sorted(p.name for p in packaged.BUILTIN_WEIGHTS.iterdir() if (p / "config.json").is_file())
+    assert shipped == sorted(packaged.TOY_MODELS)
+    assert list_builtin() == sorted({"random-llama", *shipped})
+    for name in shipped:
+        assert builtin_folder(name) == builtin_folder(f"builtin:{name}") == packaged.BUILTIN_WEIGHTS / name
+
+
+def test_builtin_folder_refuses_names_and_says_when_files_are_missing(tmp_path, monkeypatch) -> None:
+    with pytest.raises(ActkitError, match=r"unknown built-in model 'builtin:random-llama'.*builtin:toy-dense"):
+        builtin_folder("random-llama")  # generated in code: it has no folder
+    with pytest.raises(ActkitError, match=r"unknown built-in model 'builtin:\.\./models'"):
+        builtin_folder("../models")
+    monkeypatch.setattr(packaged, "BUILTIN_WEIGHTS", tmp_path)
+    with pytest.raises(ActkitError, match=r"files of builtin:toy-moe are missing.*reinstall"):
+        builtin_folder("builtin:toy-moe")
 
 
 # --- local Hugging Face folders ---------------------------------------------------------------------------------
