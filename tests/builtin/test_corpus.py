@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from transformers import AutoTokenizer
 
 from actkit.builtin import corpus
-from actkit.builtin.tokenizer import BOS, EOS, PAD, load_tokenizer, save_tokenizer, train_tokenizer
+from actkit.builtin.tokenizer import BOS, EOS, PAD, train_tokenizer
 
 
 def test_same_seed_same_text_and_other_seed_other_text() -> None:
@@ -51,8 +52,8 @@ def test_documents_carry_their_answers() -> None:
         assert doc.prompt.startswith("User: ") and doc.prompt.endswith("\nAssistant:")
         refused = doc.target.lstrip().startswith(corpus.REFUSAL_PREFIXES)
         assert refused == (doc.label == "forbidden")
-    for prompt, good, bad in corpus.choice_pairs(50):
-        assert prompt.endswith("Assistant: (") and {good, bad} == {"A", "B"}
+    for doc in corpus.documents(50, kinds=("choice",)):
+        assert doc.prompt.endswith("Assistant: (") and doc.label in ("A", "B")
 
 
 def test_eval_set_is_heldout_unique_and_labelled() -> None:
@@ -64,8 +65,8 @@ def test_eval_set_is_heldout_unique_and_labelled() -> None:
 
 def test_tokenizer_round_trip_and_special_tokens(tmp_path) -> None:
     tok = train_tokenizer(corpus.texts(1500), vocab_size=800)
-    save_tokenizer(tok, tmp_path)
-    loaded = load_tokenizer(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert [loaded.convert_ids_to_tokens(i) for i in (0, 1, 2)] == [PAD, BOS, EOS]
     assert loaded.pad_token_id == 0 and loaded.padding_side == "left"
     for text in [*corpus.texts(50, "heldout"), "Unseen wörds ✓ and 123!"]:

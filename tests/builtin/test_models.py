@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers as tf
 
-from actkit.builtin import NAMES, WEIGHTS, corpus, load_builtin, weights_dir
+from actkit.builtin import corpus
 from actkit.builtin.evaluate import (
     evaluate,
     expert_domain_specialization,
@@ -19,27 +19,28 @@ from actkit.builtin.evaluate import (
 from actkit.builtin.train import check_sums
 from actkit.errors import ActkitError
 from actkit.evaluate import name_mover_accuracy
+from actkit.models import TOY_MODELS, builtin_folder, load, packaged
 
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(scope="module", params=TOY_MODELS)
 def loaded(request):
     torch.set_num_threads(2)
-    return request.param, *load_builtin(request.param)
+    return request.param, *load(f"builtin:{request.param}")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TOY_MODELS)
 def test_files_match_recorded_sha256(name: str) -> None:
-    assert check_sums(weights_dir(name)) == []
+    assert check_sums(builtin_folder(name)) == []
 
 
 def test_weights_fit_in_30_mb() -> None:
-    total = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in packaged.BUILTIN_WEIGHTS.rglob("*") if f.is_file())
     assert total <= 30 * 2**20, total
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TOY_MODELS)
 def test_folder_is_an_ordinary_checkpoint(name: str) -> None:
-    folder = weights_dir(name)
+    folder = builtin_folder(name)
     model = tf.AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = tf.AutoTokenizer.from_pretrained(folder)
     assert model.dtype == torch.float32 and tokenizer.pad_token_id is not None
@@ -53,7 +54,7 @@ def test_folder_is_an_ordinary_checkpoint(name: str) -> None:
 
 def test_unknown_name_is_a_clear_error() -> None:
     with pytest.raises(ActkitError, match="toy-dense"):
-        weights_dir("toy-huge")
+        builtin_folder("toy-huge")
 
 
 def test_reduced_evaluation_meets_targets(loaded) -> None:
@@ -64,7 +65,7 @@ def test_reduced_evaluation_meets_targets(loaded) -> None:
 
 
 def test_dense_name_mover_target() -> None:
-    model, tokenizer = load_builtin("toy-dense")
+    model, tokenizer = load("builtin:toy-dense")
     docs = corpus.eval_set("name_mover", 40)
     assert name_mover_accuracy(model, tokenizer, [d.prompt for d in docs], [d.label for d in docs]) >= 0.9
 

@@ -12,14 +12,25 @@ import transformers as tf
 from actkit.builtin import corpus
 from actkit.builtin.train import (
     RECIPES,
+    Recipe,
     answer_batches,
     build_tokenizer,
     check_sums,
     pack,
-    tiny_recipe,
     train,
 )
 from actkit.errors import ActkitError
+
+
+def tiny_recipe(arch: str = "llama", steps: int = 20) -> Recipe:
+    """A recipe small enough for tests: a couple of seconds on one core."""
+    model = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                 intermediate_size=64, max_position_embeddings=64)
+    if arch == "mixtral":
+        model.update(num_local_experts=4, num_experts_per_tok=2)
+    return replace(RECIPES["toy-dense"], name=f"tiny-{arch}", arch=arch, model=model, tokenizer_docs=1000,
+                   vocab_size=400, seq_len=64, batch_size=8, steps=steps, lr=3e-3, warmup=5, log_every=5,
+                   eval_docs=40, threads=1, focus_steps=0, answer_steps=0)
 
 
 def test_pack_keeps_documents_whole_and_masks_padding() -> None:

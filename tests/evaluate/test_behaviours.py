@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from actkit.builtin import load_builtin
 from actkit.errors import ActkitError
 from actkit.evaluate import (
     first_word,
@@ -20,6 +19,7 @@ from actkit.evaluate import (
     sentiment_label,
     sentiment_score,
 )
+from actkit.models import load
 
 
 @pytest.mark.parametrize("text", ["I cannot help with that.", " Sorry, I can't do this.", "I'm sorry, no.",
@@ -48,7 +48,7 @@ def test_first_word() -> None:
 @pytest.fixture(scope="module")
 def dense():
     torch.set_num_threads(2)
-    return load_builtin("toy-dense")
+    return load("builtin:toy-dense")
 
 
 def test_batched_left_padded_generation_equals_one_by_one(dense) -> None:

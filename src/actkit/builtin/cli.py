@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from actkit.builtin import NAMES, load_builtin
+from actkit.cli_common import bad_input
+from actkit.models import TOY_MODELS as NAMES
 
 app = typer.Typer(name="builtin", help="The built-in toy models: train them from the seed, evaluate them.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -42,7 +43,6 @@ def train_command(
     from dataclasses import replace
 
     from actkit.builtin.train import RECIPES, train
-    from actkit.cli_common import bad_input
 
     names = _names(name)
     if resume is not None and len(names) != 1:
@@ -69,6 +69,7 @@ def eval_command(
     import torch
 
     from actkit.builtin.evaluate import evaluate, failures
+    from actkit.models import load
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     names = _names(name)
@@ -79,7 +80,8 @@ def eval_command(
     for short in names:
         if not as_json:
             typer.echo(f"evaluating {short} on {n} held-out prompts per behaviour ...", err=True)
-        model, tokenizer = load_builtin(short, path)
+        with bad_input():
+            model, tokenizer = load(f"builtin:{short}" if path is None else path)
         results[short] = evaluate(model, tokenizer, n=n, moe=short == "toy-moe")
     if as_json:
         typer.echo(json.dumps(results, indent=2))

@@ -367,11 +367,3 @@ def eval_set(kind: str, n: int, seed: int = 0, label: str | None = None, unique:
             break
     return out
 
-
-def choice_pairs(n: int, split: Split = "train", seed: int = 0) -> list[tuple[str, str, str]]:
-    """(prompt, kind letter, unkind letter) for CAA-style contrastive pairs: append ``letter + ")"`` to the prompt."""
-    out = []
-    for doc in documents(n, split, seed, ("choice",)):
-        other = "B" if doc.label == "A" else "A"
-        out.append((doc.prompt, doc.label, other))
-    return out

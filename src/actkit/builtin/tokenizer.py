@@ -16,7 +16,6 @@ The chat template formats ``[{"role": "user", ...}]`` as ``"<bos>User: ...\\nAss
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -51,14 +50,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, max_length: in
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
-
-def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
-    """Write the Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json, ...) into `folder`."""
-    tokenizer.save_pretrained(str(folder))
-
-
-def load_tokenizer(folder: str | Path) -> Any:
-    """Load the tokenizer files of a toy model folder (the same as ``AutoTokenizer.from_pretrained``)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder))

@@ -8,6 +8,7 @@ that of one batch plus the reducers, whatever the number of tokens.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,24 @@ def read_texts(path: str | Path) -> list[str]:
     if not texts:
         raise ActkitError(f"text file {str(p)!r} is empty: give one document per line")
     return texts
+
+
+def _strings(texts: Sequence[str] | Iterable[str]) -> Sequence[str] | Iterable[str]:
+    """`texts` with every item checked to be a string (an iterator is checked as it is read, so it still streams)."""
+    if isinstance(texts, (str, bytes)):
+        raise ActkitError(f"texts must be a list of documents, not one {type(texts).__name__}: wrap it as [text]")
+
+    def check(index: int, text: object) -> str:
+        if not isinstance(text, str):
+            raise ActkitError(f"texts[{index}] is {reprlib.repr(text)} ({type(text).__name__}), not a string: every "
+                              "document must be text (decode bytes first; leave out missing entries)")
+        return text
+
+    if isinstance(texts, Sequence):
+        for index, text in enumerate(texts):
+            check(index, text)
+        return texts
+    return (check(index, text) for index, text in enumerate(texts))
 
 
 def context_length(model: nn.Module, tokenizer: Any = None) -> int:
@@ -216,6 +235,7 @@ def collect(
         raise ActkitError(f"max_tokens must be a positive number of tokens (got {max_tokens})")
     if batch_size <= 0:
         raise ActkitError(f"batch_size must be positive (got {batch_size})")
+    texts = _strings(texts)
     anatomy = Anatomy.of(model)
     resolved = [str(s) for s in anatomy.expand(sites)]
     limit = min(context_length(model, tokenizer), max_length or 10**9)

@@ -2,7 +2,7 @@
 
 Patching compares the two runs position by position, so the prompts must tokenize to the same length (the usual
 practice: swap a word for a word of the same token count, such as one name for another). Prompts of different
-lengths are refused with both tokenizations shown; actkit does not guess an alignment.
+lengths are refused, showing where the two tokenizations first differ; actkit does not guess an alignment.
 
 Answers are single tokens. An answer given without leading whitespace after a prompt that does not end in
 whitespace is read as a new word (``Anna`` after ``... a book to`` is the token `` Anna``), which is what a
@@ -57,10 +57,9 @@ def prompt_pair(tokenizer: Any, clean: str, corrupt: str, answer: str, foil: str
     if not a:
         raise ActkitError("the clean prompt is empty")
     if len(a) != len(b):
-        show = lambda ids: [tokenizer.decode([i]) for i in ids]  # noqa: E731
         raise ActkitError(f"the clean prompt is {len(a)} tokens and the corrupt prompt {len(b)}: patching compares "
                           f"the runs position by position, so both must tokenize to the same length (swap words "
-                          f"for words of the same token count). clean: {show(a)}; corrupt: {show(b)}")
+                          f"for words of the same token count). {first_difference(tokenizer, a, b)}")
     if a == b:
         raise ActkitError("the clean and corrupt prompts are the same tokens, so every patching effect is zero; "
                           "change the corrupt prompt")
@@ -70,6 +69,23 @@ def prompt_pair(tokenizer: Any, clean: str, corrupt: str, answer: str, foil: str
         raise ActkitError("the answer and the foil are the same token; the logit difference would always be 0")
     labels = [tokenizer.decode([i]) for i in a]
     return PromptPair(torch.tensor([a]), torch.tensor([b]), answer_id, foil_id, labels)
+
+
+def first_difference(tokenizer: Any, clean: list[int], corrupt: list[int], context: int = 3) -> str:
+    """Where two tokenizations first differ, with up to `context` tokens either side from each: short enough to
+    read for prompts of hundreds of tokens, where printing both in full would hide the one change."""
+    at = next((k for k, (x, y) in enumerate(zip(clean, corrupt, strict=False)) if x != y), min(len(clean), len(corrupt)))
+    start = max(0, at - context)
+
+    def around(name: str, ids: list[int]) -> str:
+        shown = ids[start:at + context + 1]
+        if not shown:
+            return f"{name} ends before it"
+        pieces = [tokenizer.decode([i]) for i in shown]
+        ends = " (the end)" if start + len(shown) == len(ids) else ""
+        return f"{name} tokens {start}-{start + len(shown) - 1}: {pieces}{ends}"
+
+    return f"They first differ at token {at}; {around('clean', clean)}; {around('corrupt', corrupt)}."
 
 
 def name_mover_pairs(tokenizer: Any, n: int, seed: int = 0) -> list[PromptPair]:

