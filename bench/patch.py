@@ -28,6 +28,7 @@ import torch
 import transformers
 
 import actkit
+from actkit.builtin.corpus import eval_set
 from actkit.localize import SITES, activation_patching, agreement, attribution_patching, name_mover_pairs
 from actkit.localize.pairs import PromptPair
 
@@ -90,7 +91,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def agreement_part(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = actkit.load(args.model)
-    pairs = name_mover_pairs(tokenizer, args.pairs)
+    pairs = name_mover_pairs(tokenizer, [(d.prompt, d.label) for d in eval_set("name_mover", args.pairs)])
     rows = {}
     for site in args.sites.split(","):
         effects: dict[str, list[torch.Tensor]] = {"exact": [], **{name: [] for name in VARIANTS}}

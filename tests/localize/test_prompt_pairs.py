@@ -33,3 +33,16 @@ def test_a_prompt_that_extends_the_other_shows_where_the_shorter_one_ends() -> N
                     "corrupt tokens 4-8: ['d', 'e', 'f', 'g', 'h'] (the end).")
     assert first_difference(tokenizer, [256, 97], []) == "They first differ at token 0; clean tokens 0-1: ['<s>', 'a'] " \
         "(the end); corrupt ends before it."
+
+
+def test_name_mover_pairs_swap_the_subject_of_the_sentences_given() -> None:
+    from actkit import load
+    from actkit.localize.pairs import name_mover_pairs
+
+    _, tokenizer = load("builtin:toy-dense")
+    (pair,) = name_mover_pairs(tokenizer, [("When Anna and Tom went to the shop, Tom gave a book to", "Anna")])
+    corrupt = tokenizer("When Anna and Tom went to the shop, Anna gave a book to", return_tensors="pt")["input_ids"]
+    assert pair.corrupt.tolist() == corrupt.tolist()
+    assert tokenizer.decode([pair.answer]).strip() == "Anna" and tokenizer.decode([pair.foil]).strip() == "Tom"
+    with pytest.raises(ActkitError, match="names no subject twice"):
+        name_mover_pairs(tokenizer, [("When Anna and Tom met, Eve gave a book to", "Anna")])

@@ -11,6 +11,7 @@ person typing ``--answer Anna`` means.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,21 +89,29 @@ def first_difference(tokenizer: Any, clean: list[int], corrupt: list[int], conte
     return f"They first differ at token {at}; {around('clean', clean)}; {around('corrupt', corrupt)}."
 
 
-def name_mover_pairs(tokenizer: Any, n: int, seed: int = 0) -> list[PromptPair]:
-    """Held-out name-mover sentences of the built-in corpus as patching pairs.
+def name_mover_pairs(tokenizer: Any, sentences: Iterable[tuple[str, str]]) -> list[PromptPair]:
+    """Name-mover sentences as patching pairs, the subject swapped.
 
     Clean: "When Anna and Tom went to the shop, Tom gave a book to" (answer Anna, foil Tom). Corrupt: the second
     mention of the repeated name becomes the other name ("..., Anna gave a book to"), which flips the answer:
-    the standard subject swap of the IOI literature, the same length in tokens since every name is one token.
-    """
-    from actkit.builtin.corpus import eval_set
+    the standard subject swap of the IOI literature, the same length in tokens when every name is one token.
 
+    Arguments:
+        tokenizer: the model's tokenizer.
+        sentences: (prompt, answer) pairs; the prompt names the answer once and the subject twice (the built-in
+            corpus has them: ``[(d.prompt, d.label) for d in actkit.builtin.corpus.eval_set("name_mover", n)]``).
+
+    Returns:
+        One `PromptPair` per sentence.
+    """
     pairs = []
-    for doc in eval_set("name_mover", n, seed=seed):
-        answer = doc.label
-        words = doc.prompt.replace(",", " ,").split()
-        subject = next(w for w in words if w != answer and words.count(w) == 2)
-        head, sep, tail = doc.prompt.rpartition(f" {subject} ")
+    for prompt, answer in sentences:
+        words = prompt.replace(",", " ,").split()
+        subject = next((w for w in words if w != answer and words.count(w) == 2), None)
+        if subject is None:
+            raise ActkitError(f"{prompt!r} names no subject twice; a name-mover sentence repeats its subject "
+                              "(\"When Anna and Tom went out, Tom gave a book to\")")
+        head, sep, tail = prompt.rpartition(f" {subject} ")
         corrupt = f"{head}{sep.replace(subject, answer)}{tail}"
-        pairs.append(prompt_pair(tokenizer, doc.prompt, corrupt, answer, subject))
+        pairs.append(prompt_pair(tokenizer, prompt, corrupt, answer, subject))
     return pairs
