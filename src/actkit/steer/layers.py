@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from actkit.core.layers import resolve_layers
 from actkit.core.positions import Positions
 from actkit.errors import ActkitError
-from actkit.steer.directions import mean_diff, read_activations, resolve_layers
+from actkit.steer.directions import mean_diff, read_activations
 from actkit.steer.pairs import Pair, as_pairs
 
 
