@@ -144,3 +144,30 @@ def test_gguf_refusals(tmp_path, vector) -> None:
     junk.write_bytes(b"GGUF but not really")
     with pytest.raises(ActkitError, match="not a readable GGUF file"):
         import_gguf(junk)
+
+
+@pytest.mark.parametrize("spec", ["builtin:random-llama", "builtin:toy-dense"])
+def test_a_vector_records_the_model_as_the_user_named_it(spec: str) -> None:
+    """Not the cache folder a built-in, packaged or GGUF model is read from: the spec given to `actkit.load`."""
+    import actkit
+
+    model, tokenizer = actkit.load(spec)
+    vector = train_vector(model, tokenizer, PAIRS, [0], method="mean-diff")
+    assert vector.metadata["model"] == spec
+
+
+def test_model_name_order(tmp_path, monkeypatch) -> None:
+    """The spec `load` kept (a path made absolute), else the config's name_or_path, else the class name."""
+    from tiny import build
+
+    from actkit.models.naming import SPEC_ATTRIBUTE, model_name, spec_name
+
+    model = build("llama")
+    assert model_name(model) == "LlamaForCausalLM"
+    model.config._name_or_path = "someone/model"
+    assert model_name(model) == "someone/model"
+    setattr(model, SPEC_ATTRIBUTE, "smollm2-135m-instruct")
+    assert model_name(model) == "smollm2-135m-instruct"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    assert spec_name("folder") == str(tmp_path / "folder") and spec_name("someone/model") == "someone/model"

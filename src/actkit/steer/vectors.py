@@ -31,6 +31,7 @@ from actkit.core.positions import Positions, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 from actkit.io import atomic_file, check_output_file
+from actkit.models.naming import model_name
 
 FORMAT_VERSION = "1"
 #: The config fields that decide whether a vector fits a model (their sha256 is the ``config_hash``).
@@ -139,13 +140,6 @@ def config_hash(fields: Mapping[str, Any]) -> str:
     """sha256 (hex) of the config fields, in a canonical JSON form."""
     text = json.dumps({k: fields.get(k) for k in CONFIG_FIELDS}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def model_name(model: nn.Module) -> str:
-    """The model's ``name_or_path`` (what `from_pretrained` was given), or its class name."""
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    return str(name) if name else type(model).__name__
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
