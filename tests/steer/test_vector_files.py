@@ -158,9 +158,9 @@ def test_a_vector_records_the_model_as_the_user_named_it(spec: str) -> None:
 
 def test_model_name_order(tmp_path, monkeypatch) -> None:
     """The spec `load` kept (a path made absolute), else the config's name_or_path, else the class name."""
-    from tiny import build
-
     from actkit.models.naming import SPEC_ATTRIBUTE, model_name, spec_name
+
+    from tiny import build
 
     model = build("llama")
     assert model_name(model) == "LlamaForCausalLM"
