@@ -114,7 +114,9 @@ def test_export_gguf_and_steer_with_it(tmp_path, vector_file) -> None:
     out = tmp_path / "sentiment.gguf"
     result = invoke("vector", "export", "--format", "gguf", vector_file, "--out", out)
     assert result.exit_code == 0, result.output
-    assert out.is_file() and "control-vector-scaled" in result.stdout
+    assert out.is_file()
+    # llama.cpp reads --control-vector-scaled FILE:SCALE as one argument (a separate "1.0" is rejected)
+    assert f"--control-vector-scaled {out}:1.0" in " ".join(result.stdout.split())
     assert_bad_input(invoke("vector", "export", "--format", "gguf", vector_file, "--out", out), "already exists")
     assert invoke("vector", "export", "--format", "gguf", vector_file, "--out", out, "--force").exit_code == 0
     assert_bad_input(invoke("vector", "export", "--format", "onnx", vector_file, "--out", tmp_path / "x"),

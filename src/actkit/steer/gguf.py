@@ -10,7 +10,7 @@ layer loop: the same block actkit calls ``resid_post.n``), and it has no slot fo
 ``resid_post.n`` <-> ``direction.n``, and a vector with a direction at block 0 cannot be exported (drop that
 layer or train on later blocks). Only ``resid_post`` vectors have a llama.cpp equivalent.
 
-llama.cpp scales the directions by the strength given on its command line (``--control-vector-scaled FILE S``);
+llama.cpp scales the directions by the strength given on its command line (``--control-vector-scaled FILE:S``, one argument);
 the file holds the vectors at coefficient 1. actkit's metadata travels in an extra string key,
 ``actkit.metadata``, which llama.cpp ignores; `import_gguf` restores it.
 """
