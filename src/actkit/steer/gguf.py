@@ -27,7 +27,7 @@ from torch import nn
 
 from actkit.errors import ActkitError
 from actkit.io import atomic_file, check_output_file
-from actkit.steer.vectors import SteeringVector, check_fits
+from actkit.steer.vectors import SteeringVector, check_fits, check_metadata
 
 ARCH = "controlvector"
 _META_KEY = "actkit.metadata"
@@ -121,6 +121,9 @@ def import_gguf(path: str | Path, model: nn.Module | None = None) -> SteeringVec
             meta = json.loads(raw)
         except json.JSONDecodeError:
             meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
+        check_metadata(meta, str(p))
     else:
         meta = {"method": "gguf", "model_hint": _field(reader, f"{ARCH}.model_hint")}
     meta["layers"] = sorted(directions)
