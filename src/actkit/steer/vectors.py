@@ -67,6 +67,10 @@ class SteeringVector:
             v = torch.as_tensor(vector).detach().to("cpu", torch.float32).reshape(-1)
             if not bool(torch.isfinite(v).all()):
                 raise ActkitError(f"the direction of layer {layer} holds NaN or inf")
+            if not math.isfinite(float(v.norm())):
+                raise ActkitError(f"the direction of layer {layer} has a norm too large for float32 (largest entry "
+                                  f"{float(v.abs().max()):.3g}): steering with it would overflow the model; "
+                                  "rescale the vector")
             fixed[int(layer)] = v
         self.directions = fixed
 
