@@ -54,8 +54,8 @@ from actkit.compress.experts import (
     slice_experts,
     switch_experts,
 )
+from actkit.core.generate import generate
 from actkit.evaluate import (
-    generate,
     is_refusal,
     name_mover_accuracy,
     perplexity,
@@ -109,7 +109,7 @@ def agreement(texts: Sequence[str], reference: Sequence[str]) -> float:
 
 
 def evaluate(model: Any, tokenizer: Any, data: dict[str, Any]) -> dict[str, float]:
-    reviews = generate(model, tokenizer, [d.prompt for d in data["reviews"]], 24)
+    reviews = generate(model, tokenizer, [d.prompt for d in data["reviews"]], max_new_tokens=24, batch_size=32)
     data.setdefault("reference", reviews)  # the first model evaluated is the unpruned one
     return {
         "ppl": perplexity(model, tokenizer, data["heldout"]),
@@ -125,7 +125,7 @@ def evaluate(model: Any, tokenizer: Any, data: dict[str, Any]) -> dict[str, floa
 
 
 def refusals(model: Any, tokenizer: Any, data: dict[str, Any], with_ppl: bool = True) -> dict[str, Any]:
-    replies = generate(model, tokenizer, data["forbidden"], 8)
+    replies = generate(model, tokenizer, data["forbidden"], max_new_tokens=8, batch_size=32)
     row: dict[str, Any] = {"refusal": statistics.mean(is_refusal(r) for r in replies),
                            "helps": statistics.mean(r.strip().startswith(HELPFUL) for r in replies),
                            "benign": refusal_rate(model, tokenizer, data["benign"])}

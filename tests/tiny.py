@@ -64,6 +64,15 @@ class CharTokenizer:
         return {"input_ids": [1 + ord(c) % (VOCAB - 1) for c in text]}
 
 
+class DecodingTokenizer(CharTokenizer):
+    """`CharTokenizer` plus an injective `decode` (id k -> chr(64 + k)), so equal strings mean equal ids."""
+
+    eos_token_id = 2
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(64 + int(i)) for i in ids if not (skip_special_tokens and int(i) == 0))
+
+
 def random_pair(seed: int = 0, length: int = 8, changed: tuple[int, ...] = (2, 5)) -> Any:
     """A patching pair of random tokens that differ at `changed`; answer token 5, foil 6."""
     from actkit.localize.pairs import PromptPair

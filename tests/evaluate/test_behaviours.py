@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from actkit.core.generate import generate
 from actkit.errors import ActkitError
 from actkit.evaluate import (
     first_word,
-    generate,
     is_refusal,
     name_mover_accuracy,
     perplexity,
@@ -57,7 +57,7 @@ def test_batched_left_padded_generation_equals_one_by_one(dense) -> None:
                "Lisa reviewed the hotel, 1 stars:"]
     batched = generate(model, tokenizer, prompts, max_new_tokens=8)
     single = [generate(model, tokenizer, [p], max_new_tokens=8)[0] for p in prompts]
-    assert batched == single
+    assert batched == single == generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
     assert tokenizer.padding_side == "left"
 
 

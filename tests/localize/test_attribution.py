@@ -175,3 +175,21 @@ def test_atp_star_is_the_mean_of_qk_fixed_estimates_with_one_block_cut_at_a_time
     writers = [None, 0, 1]  # resid_pre.0 is written by the embedding, resid_pre.k by block k-1
     expected = torch.stack([stacked[[b for b in range(n) if b != writers[k]], k].mean(0) for k in range(n)])
     torch.testing.assert_close(star.effects, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["atp", "atp-star"])
+def test_the_pair_follows_the_model_to_its_device(method: str) -> None:
+    """From Python the pair's ids (tokenized on the CPU) are moved to the model's device before the first run."""
+    from test_patching import first_forward_device
+
+    pair = random_pair()
+    device = first_forward_device(build("llama"), lambda m: attribution_patching(m, pair, method=method))
+    assert device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_attribution_on_a_cuda_model_from_python() -> None:
+    model, pair = build("llama"), random_pair()
+    expected = attribution_patching(model, pair, "resid_post", method="atp-star")
+    result = attribution_patching(model.to("cuda"), pair, "resid_post", method="atp-star")
+    torch.testing.assert_close(result.effects, expected.effects, atol=1e-4, rtol=1e-4)

@@ -133,8 +133,10 @@ def test_bad_site_metric_direction_and_layers() -> None:
         activation_patching(model, pair, metric="acc")
     with pytest.raises(actkit.ActkitError, match="unknown direction"):
         activation_patching(model, pair, direction="sideways")
-    with pytest.raises(actkit.ActkitError, match="block 7 does not exist.*3 blocks"):
+    with pytest.raises(actkit.ActkitError, match=r"layer 7 does not exist.*3 blocks \(0..2, or -1..-3"):
         activation_patching(model, pair, layers=[7])
+    last = activation_patching(model, pair, layers=[-1, 2])  # negative indices count from the end; once each
+    assert last.layers == [2] and last.effects.shape[0] == 1
     with pytest.raises(actkit.ActkitError, match="needs a foil"):
         activation_patching(model, PromptPair(pair.clean, pair.corrupt, 5, None, pair.tokens))
 
@@ -148,3 +150,37 @@ def test_agreement_measures() -> None:
     assert agreement(sparse, torch.tensor([[0.1, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.5]]), k=5)["top5_recall"] == 1.0
     with pytest.raises(actkit.ActkitError, match="same pairs"):
         agreement([exact], [exact[:1]])
+
+
+class _Stop(Exception):
+    pass
+
+
+def first_forward_device(model: torch.nn.Module, run) -> torch.device:
+    """Put `model` on the "meta" device and return the device of the token ids its first forward pass gets."""
+    seen: list[torch.device] = []
+
+    def spy(*args, input_ids=None, **kwargs):
+        seen.append(input_ids.device)
+        raise _Stop
+
+    model.to("meta")
+    model.forward = spy
+    with pytest.raises(_Stop):
+        run(model)
+    return seen[0]
+
+
+def test_the_pair_follows_the_model_to_its_device() -> None:
+    """From Python the pair's ids (tokenized on the CPU) are moved to the model's device before the first run."""
+    pair = random_pair()
+    device = first_forward_device(build("llama"), lambda m: activation_patching(m, pair, "resid_post"))
+    assert device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_patching_a_cuda_model_from_python() -> None:
+    model, pair = build("llama"), random_pair()
+    expected = activation_patching(model, pair, "resid_post")
+    result = activation_patching(model.to("cuda"), pair, "resid_post")
+    torch.testing.assert_close(result.effects, expected.effects, atol=1e-4, rtol=1e-4)

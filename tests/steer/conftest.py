@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tiny import CharTokenizer, build
-
-
-class DecodingTokenizer(CharTokenizer):
-    """`CharTokenizer` plus an injective `decode` (id k -> chr(64 + k)), so equal strings mean equal ids."""
-
-    eos_token_id = 2
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(64 + int(i)) for i in ids if not (skip_special_tokens and int(i) == 0))
+from tiny import DecodingTokenizer, build
 
 
 @pytest.fixture

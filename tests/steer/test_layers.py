@@ -41,3 +41,12 @@ def test_score_of_a_perfect_direction() -> None:
     neg = torch.eye(4)[:3]
     row = score_layer(pos, neg, pos, neg)
     assert row["accuracy"] == 1.0 and row["consistency"] == pytest.approx(1.0)
+
+
+def test_duplicated_pairs_are_counted_once(llama, tok) -> None:
+    """Repeats would sit on both sides of the held-out split and make every block look perfect."""
+    expected, _ = select_layers(llama, tok, PAIRS[:4])
+    with pytest.warns(UserWarning, match=r"36 duplicated pair\(s\) ignored .*4 distinct"):
+        table, _ = select_layers(llama, tok, PAIRS[:4] * 10)
+    assert table == expected
+    assert all(r["train_pairs"] + r["held_out_pairs"] == 4 for r in table)

@@ -56,3 +56,20 @@ def test_hash_depends_on_the_normalized_pairs_only(tmp_path) -> None:
     assert pairs_hash(a) == pairs_hash(b)
     assert pairs_hash(b) != pairs_hash([Pair("Q? (B)", "Q? (A)")])
     assert len(pairs_hash(b)) == 64
+
+
+def test_a_pair_whose_two_sides_are_identical_is_refused(tmp_path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"positive": "a", "negative": "b"}\n{"positive": "same", "negative": "same"}\n')
+    with pytest.raises(ActkitError, match=r"line 2: the positive and negative texts are identical \('same'\)"):
+        read_pairs(path)
+    caa = {"question": "Q?", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(A)"}
+    path.write_text(json.dumps(caa) + "\n")
+    with pytest.raises(ActkitError, match="line 1: the positive and negative texts are identical"):
+        read_pairs(path)
+    from actkit.steer import train_vector
+
+    from tiny import DecodingTokenizer, build
+
+    with pytest.raises(ActkitError, match="pair 1: the positive and negative texts are identical"):
+        train_vector(build("llama"), DecodingTokenizer(), [("a", "b"), ("x", "x")], [1])

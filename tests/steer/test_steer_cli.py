@@ -114,7 +114,9 @@ def test_export_gguf_and_steer_with_it(tmp_path, vector_file) -> None:
     out = tmp_path / "sentiment.gguf"
     result = invoke("vector", "export", "--format", "gguf", vector_file, "--out", out)
     assert result.exit_code == 0, result.output
-    assert out.is_file() and "control-vector-scaled" in result.stdout
+    assert out.is_file()
+    # llama.cpp reads --control-vector-scaled FILE:SCALE as one argument (a separate "1.0" is rejected)
+    assert f"--control-vector-scaled {out}:1.0" in " ".join(result.stdout.split())
     assert_bad_input(invoke("vector", "export", "--format", "gguf", vector_file, "--out", out), "already exists")
     assert invoke("vector", "export", "--format", "gguf", vector_file, "--out", out, "--force").exit_code == 0
     assert_bad_input(invoke("vector", "export", "--format", "onnx", vector_file, "--out", tmp_path / "x"),
@@ -218,3 +220,16 @@ def test_vector_of_another_model_with_the_same_shape_warns(tmp_path, vector_file
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("warning: ") and "someone/else" in result.stderr
     assert json.loads(result.stdout)["prompt"] == NEGATIVE
+
+
+def test_malformed_metadata_is_a_clear_error_in_inspect_and_generate(tmp_path, vector_file) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(vector_file), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        header = handle.metadata()
+    bad = tmp_path / "bad.safetensors"
+    meta = {**json.loads(header["actkit"]), "num_layers": "four"}
+    save_file(tensors, str(bad), metadata={**header, "actkit": json.dumps(meta)})
+    assert_bad_input(invoke("vector", "inspect", bad), "metadata is malformed: field 'num_layers'")
+    assert_bad_input(invoke("generate", "--prompt", "hello", "--vector", bad, "-n", "2"), "metadata is malformed")

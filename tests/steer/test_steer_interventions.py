@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from actkit import ActkitError, Add, Capture, generate_ids, tap
+from actkit.core.interventions import Set
 from actkit.steer import (
     Ablate,
     Clamp,
@@ -17,6 +18,7 @@ from actkit.steer import (
     conditional,
     read_activations,
 )
+from actkit.steer.interventions import ConditionGate
 
 from tiny import build, tokens
 
@@ -183,3 +185,28 @@ def test_combine_merges_in_order() -> None:
     assert merged == {"resid_post.1": [a, b], "resid_pre.0": [c]}
     with pytest.raises(ActkitError, match="not an Intervention"):
         combine({"resid_post.1": "nope"})
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(("build_it", "what"), [
+    (lambda: Add(torch.ones(64), coef=NAN), "coefficient"),
+    (lambda: Add(torch.ones(64), coef=INF), "coefficient"),
+    (lambda: Add(torch.ones(64), coef=torch.tensor([1.0, -INF])), "coefficient"),  # per row
+    (lambda: Add(torch.tensor([NAN] + [0.0] * 63)), "vector"),
+    (lambda: Add(torch.ones(2, 64).index_fill(1, torch.tensor([5]), INF)), "vector"),  # per row
+    (lambda: Set(torch.full((1, 4, 64), NAN)), "value to set"),
+    (lambda: Clamp(torch.ones(64), NAN), "clamp value"),
+    (lambda: Clamp(torch.ones(64), torch.tensor([0.0, INF])), "clamp value"),
+    (lambda: Ablate(torch.tensor([NAN] + [1.0] * 63)), "finite and non-zero"),
+    (lambda: ConditionGate(torch.ones(64), NAN), "condition threshold"),
+])
+def test_non_finite_numbers_are_refused_when_an_intervention_is_built(build_it, what: str) -> None:
+    with pytest.raises(ActkitError, match=what):
+        build_it()
+
+
+def test_a_vector_whose_norm_overflows_is_refused() -> None:
+    with pytest.raises(ActkitError, match="layer 2 has a norm too large for float32"):
+        SteeringVector({2: torch.full((64,), 1e30)})

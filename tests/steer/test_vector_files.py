@@ -144,3 +144,61 @@ def test_gguf_refusals(tmp_path, vector) -> None:
     junk.write_bytes(b"GGUF but not really")
     with pytest.raises(ActkitError, match="not a readable GGUF file"):
         import_gguf(junk)
+
+
+@pytest.mark.parametrize("spec", ["builtin:random-llama", "builtin:toy-dense"])
+def test_a_vector_records_the_model_as_the_user_named_it(spec: str) -> None:
+    """Not the cache folder a built-in, packaged or GGUF model is read from: the spec given to `actkit.load`."""
+    import actkit
+
+    model, tokenizer = actkit.load(spec)
+    vector = train_vector(model, tokenizer, PAIRS, [0], method="mean-diff")
+    assert vector.metadata["model"] == spec
+
+
+def test_model_name_order(tmp_path, monkeypatch) -> None:
+    """The spec `load` kept (a path made absolute), else the config's name_or_path, else the class name."""
+    from actkit.models.naming import SPEC_ATTRIBUTE, model_name, spec_name
+
+    from tiny import build
+
+    model = build("llama")
+    assert model_name(model) == "LlamaForCausalLM"
+    model.config._name_or_path = "someone/model"
+    assert model_name(model) == "someone/model"
+    setattr(model, SPEC_ATTRIBUTE, "smollm2-135m-instruct")
+    assert model_name(model) == "smollm2-135m-instruct"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    assert spec_name("folder") == str(tmp_path / "folder") and spec_name("someone/model") == "someone/model"
+
+
+def _rewrite(path, tmp_path, **fields):
+    """A copy of the vector file at `path` whose JSON metadata has `fields` replaced (as a hand edit would)."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        header = handle.metadata()
+    meta = {**json.loads(header["actkit"]), **fields}
+    out = tmp_path / "edited.safetensors"
+    save_file(tensors, str(out), metadata={**header, "actkit": json.dumps(meta)})
+    return out
+
+
+@pytest.mark.parametrize(("field", "value", "must"), [
+    ("layers", ["1", "2"], "a list of block indices"),
+    ("layers", 1, "a list of block indices"),
+    ("num_layers", "three", "a positive integer"),
+    ("num_layers", True, "a positive integer"),
+    ("hidden_size", 64.0, "a positive integer"),
+    ("mean_norms", {"1": "big"}, "an object block index -> finite number"),
+    ("mean_norms", [1.0], "an object block index -> finite number"),
+    ("config", "llama", "an object of config fields"),
+    ("model", 7, "a string"),
+    ("site", ["resid_post"], "a string"),
+    ("n_pairs", -1, "a non-negative integer"),
+])
+def test_metadata_of_the_wrong_type_is_named(tmp_path, llama, vector, field: str, value, must: str) -> None:
+    path = _rewrite(save_vector(vector, tmp_path / "v.safetensors"), tmp_path, **{field: value})
+    for model in (None, llama):
+        with pytest.raises(ActkitError, match=f"this file's metadata is malformed: field '{field}' must be {must}"):
+            load_vector(path, model)

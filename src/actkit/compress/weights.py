@@ -37,6 +37,7 @@ from actkit.core.anatomy import Anatomy
 from actkit.core.collect import context_length, token_batches
 from actkit.core.stats import Covariance, Moments
 from actkit.errors import ActkitError
+from actkit.models.naming import model_name
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "dass")
 #: The report written next to an exported checkpoint.
@@ -220,17 +221,12 @@ def prune_weights(
                                                         dass_alpha)
 
         layer_by_layer(pruned, batches, modules, reducers, prune_block, on_block=on_block)
-    report = {"model": _model_name(model),
+    report = {"model": model_name(model),
               **_report(method, target, nm, keep_attention_dense, work, details, skipped, record)}
     report["settings"] = {"block_size": block_size, "dampening": dampening} if method == "sparsegpt" else (
         {"dass_alpha": dass_alpha} if method == "dass" else {})
     report["seconds"] = round(time.perf_counter() - start, 3)
     return pruned, report
-
-
-def _model_name(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return str(getattr(config, "_name_or_path", "") or type(model).__name__)
 
 
 def _as_calibration(calibration: Calibration | Sequence[str] | None) -> Calibration:

@@ -1,14 +1,20 @@
 """Generate text under interventions: one batched, left-padded `model.generate` inside a fresh `tap`.
 
-Left padding keeps every row's last prompt token in the last column, which is where a KV-cache decode continues
+Prompts run in batches of `batch_size` rows (all at once by default). Left padding keeps every row's last prompt token in the last column, which is where a KV-cache decode continues
 from; the hook engine turns the attention mask into absolute positions, so ``Generated()`` and ``From(k)`` steer
 the same tokens in every row whatever its padding. Greedy decoding is the default, so steered and unsteered runs
 are comparable token by token; sampling is seeded on a private generator state when `seed` is given.
+
+Two kinds of nonsense are caught rather than returned: a prompt that does not fit the model's context together
+with the tokens to generate is an error, and a generation whose next-token scores turn NaN, infinite or flat
+(what an intervention too strong for the model's arithmetic produces: the text comes back empty or as one
+repeated token) gives a warning that names the rows and the likely cause.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,12 +35,52 @@ def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template holds the special tokens
 
 
-def _eos_ids(model: nn.Module) -> set[int]:
-    """The ids `model.generate` stops at (its generation config's), so the cut matches the stop."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+def _eos_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[int]:
+    """The ids generation stops at (given, or the model's generation config's), so the cut matches the stop."""
+    eos: Any = eos_token_id if eos_token_id is not None else getattr(
+        getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         return set()
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def _position_limit(model: nn.Module) -> int | None:
+    """The most positions the model takes (its config's ``max_position_embeddings`` or ``n_positions``)."""
+    config: Any = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class _Degeneration:
+    """A logits processor that leaves the scores alone and marks the rows whose scores are NaN, +inf or flat.
+
+    The marks stay on the device (no synchronization per step); `rows` reads them once after generation.
+    """
+
+    def __init__(self) -> None:
+        self.marked: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        bad = (torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1)
+               | (scores.amax(-1) == scores.amin(-1)))
+        self.marked = bad if self.marked is None else self.marked | bad
+        return scores
+
+    def rows(self) -> list[int]:
+        return [] if self.marked is None else torch.nonzero(self.marked).reshape(-1).tolist()
+
+
+def _warn_degenerate(rows: list[int], steered: bool, dtype: torch.dtype) -> None:
+    cause = ("the interventions push the activations beyond what the model's arithmetic can hold: lower the "
+             "coefficient (or use a relative one) or check the vector's norm" if steered else
+             f"the model's {dtype} arithmetic overflows even without interventions: load it in float32")
+    warnings.warn(f"generation degenerated in prompt(s) {rows}: the next-token scores became NaN, infinite or all "
+                  f"equal, so that text is meaningless (often empty or one repeated token); {cause}",
+                  UserWarning, stacklevel=3)
 
 
 def generate_ids(
@@ -49,6 +95,8 @@ def generate_ids(
     top_p: float = 1.0,
     seed: int | None = None,
     chat: bool = False,
+    batch_size: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Like `generate`, but returns the generated token ids of each prompt, cut before the first EOS."""
     if isinstance(prompts, str):
@@ -57,21 +105,25 @@ def generate_ids(
         raise ActkitError("no prompts given")
     if max_new_tokens < 1:
         raise ActkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if batch_size is not None and batch_size < 1:
+        raise ActkitError(f"batch_size must be at least 1, got {batch_size}")
     rows = [_prompt_ids(tokenizer, p, chat) for p in prompts]
+    limit = _position_limit(model)
     for i, ids in enumerate(rows):
         if not ids:
             raise ActkitError(f"prompt {i} is empty after tokenization")
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise ActkitError(
+                f"prompt {i} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
+                f"{len(ids) + max_new_tokens} positions, but the model's context is {limit} tokens: shorten the "
+                f"prompt to at most {limit - max_new_tokens} tokens or generate fewer tokens"
+                if max_new_tokens < limit else
+                f"max_new_tokens={max_new_tokens} does not fit the model's context of {limit} tokens with any prompt")
     pad = getattr(tokenizer, "pad_token_id", None)
-    eos = _eos_ids(model)
+    eos = _eos_ids(model, eos_token_id)
     if pad is None:
         pad = min(eos) if eos else getattr(tokenizer, "eos_token_id", None) or 0
-    width = max(len(r) for r in rows)
     device = next(model.parameters()).device
-    input_ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, ids in enumerate(rows):
-        input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention[r, width - len(ids):] = 1
     config: Any = copy.deepcopy(getattr(model, "generation_config", None))
     if config is None:
         raise ActkitError(f"{type(model).__name__} cannot generate text (it has no generation config)")
@@ -79,21 +131,37 @@ def generate_ids(
     config.max_new_tokens = max_new_tokens
     config.do_sample = do_sample
     config.pad_token_id = int(pad)
+    if eos_token_id is not None:
+        config.eos_token_id = sorted(eos)
     config.temperature = temperature if do_sample else None
     config.top_p = top_p if do_sample else None
     if not do_sample:
         config.top_k = None
+    step = batch_size or len(rows)
+    result: list[list[int]] = []
+    degenerate: list[int] = []
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.inference_mode(), tap(model, write=writes or {}):
-            out = runner.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 generation_config=config)
-    result: list[list[int]] = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-        result.append(row[:cut])
+        for first in range(0, len(rows), step):
+            chunk = rows[first:first + step]
+            width = max(len(r) for r in chunk)
+            input_ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, ids in enumerate(chunk):
+                input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+                attention[r, width - len(ids):] = 1
+            watch = _Degeneration()
+            with torch.inference_mode(), tap(model, write=writes or {}):
+                out = runner.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                     generation_config=config, logits_processor=[watch])
+            degenerate += [first + r for r in watch.rows()]
+            for row in out[:, width:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+                result.append(row[:cut])
+    if degenerate:
+        _warn_degenerate(degenerate, bool(writes), next(model.parameters()).dtype)
     return result
 
 
@@ -109,6 +177,8 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     chat: bool = False,
+    batch_size: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
 ) -> list[str]:
     """Generate a continuation of each prompt, steered by `writes`, in one batch.
 
@@ -123,15 +193,24 @@ def generate(
         temperature, top_p: sampling parameters (ignored when greedy).
         seed: seed for sampling; the global random state is left as it was.
         chat: wrap each prompt as a user turn with the tokenizer's chat template.
+        batch_size: prompts per `model.generate` call (None: all at once); each batch is padded to its own
+            longest prompt.
+        eos_token_id: the token id(s) that end a row (None: the model's generation config's).
 
     Returns:
         The generated text of each prompt (without the prompt), cut at the first end-of-sequence token.
+
+    Raises:
+        ActkitError: for bad arguments, and for a prompt that does not fit the model's context
+            (``max_position_embeddings``) together with `max_new_tokens`. A row whose next-token scores turn NaN,
+            infinite or flat (an intervention too strong) gives a `UserWarning` naming the rows.
     """
     decode = getattr(tokenizer, "decode", None)
     if decode is None:
         raise ActkitError(f"{type(tokenizer).__name__} cannot decode token ids; give the model's tokenizer")
     ids = generate_ids(model, tokenizer, prompts, writes=writes, max_new_tokens=max_new_tokens,
-                       do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, chat=chat)
+                       do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, chat=chat,
+                       batch_size=batch_size, eos_token_id=eos_token_id)
     return [decode(row, skip_special_tokens=True) for row in ids]
 
 

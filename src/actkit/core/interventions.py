@@ -37,6 +37,18 @@ class Intervention(ABC):
     def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor: ...
 
 
+def check_finite(value: torch.Tensor | float, what: str) -> None:
+    """Refuse a NaN or infinite value (scalar, vector or per-row tensor) before it reaches a model.
+
+    A non-finite value written into an activation makes every later logit NaN, silently; so each intervention
+    checks its numbers once, when it is built.
+    """
+    t = torch.as_tensor(value)
+    if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t.detach()).all()):
+        raise ActkitError(f"the {what} holds NaN or infinity, which would make the model's output NaN; "
+                          f"give finite numbers")
+
+
 def per_row(value: torch.Tensor | float, x: torch.Tensor, what: str) -> torch.Tensor:
     """Broadcast a per-site (d,) or per-row (B, d) tensor, or a scalar / (B,) coefficient, against x (B, T, d)."""
     t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
@@ -63,10 +75,14 @@ class Add(Intervention):
         vector: (d,) for every row, or (B, d) one per row.
         coef: a scalar, or (B,) one per row.
         positions: which tokens to steer (default all).
+
+    A NaN or infinite entry in `vector` or `coef` raises `ActkitError` here, not NaN logits later.
     """
 
     def __init__(self, vector: torch.Tensor, coef: float | torch.Tensor = 1.0, positions: Positions | None = None):
         super().__init__(positions)
+        check_finite(vector, "vector")
+        check_finite(coef, "coefficient")
         self.vector = vector
         self.coef = coef
 
@@ -84,6 +100,7 @@ class Set(Intervention):
 
     def __init__(self, value: torch.Tensor, positions: Positions | None = None):
         super().__init__(positions)
+        check_finite(value, "value to set")
         self.value = value
 
     def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:

@@ -3,14 +3,13 @@
 - `perplexity(model, tokenizer, texts)`: exp of the mean next-token loss.
 - Behaviour scorers (greedy, batched, left padding): `refusal_rate`, `sentiment_agreement`, `positive_rate`,
   `name_mover_accuracy`, built on the string detectors `is_refusal`, `sentiment_score` / `sentiment_label`
-  and `first_word`, and on `generate`.
+  and `first_word`, and on the core's `actkit.generate`.
 """
 
 from __future__ import annotations
 
 from actkit.evaluate.behaviours import (
     first_word,
-    generate,
     is_refusal,
     name_mover_accuracy,
     positive_rate,
@@ -21,5 +20,5 @@ from actkit.evaluate.behaviours import (
 )
 from actkit.evaluate.perplexity import nll, perplexity
 
-__all__ = ["first_word", "generate", "is_refusal", "name_mover_accuracy", "nll", "perplexity", "positive_rate",
+__all__ = ["first_word", "is_refusal", "name_mover_accuracy", "nll", "perplexity", "positive_rate",
            "refusal_rate", "sentiment_agreement", "sentiment_label", "sentiment_score"]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from actkit.core.collect import token_batches
 from actkit.core.generate import generate
 from actkit.core.hooks import tap
 from actkit.errors import ActkitError
@@ -94,19 +95,11 @@ def kl_to_base(model: Any, tokenizer: Any, texts: Sequence[str], writes: Mapping
         raise ActkitError("no texts to measure the KL divergence on")
     if not writes:
         return 0.0
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, len(texts), batch_size):
-        rows = [list(r) for r in tokenizer(list(texts[i:i + batch_size]))["input_ids"]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):  # right padding: every row starts at position 0
-            ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[r, :len(row)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+    # one row per text, whole and right-padded: every row starts at position 0
+    for batch in token_batches(texts, tokenizer, limit=None, batch_size=batch_size, split=False):
+        ids, mask = batch.ids.to(device), batch.mask.long().to(device)
         with torch.inference_mode():
             base = model(input_ids=ids, attention_mask=mask).logits.to(torch.float64)
             with tap(model, write=writes):
@@ -195,11 +188,8 @@ def sweep(
     for c in coefs:
         coef = float(c)
         steered = coef != 0.0
-        completions: list[str] = []
-        for i in range(0, len(prompts), batch_size):
-            completions += generate(model, tokenizer, list(prompts[i:i + batch_size]),
-                                    writes=gen_writes(coef) if steered else None,
-                                    max_new_tokens=max_new_tokens, chat=chat)
+        completions = generate(model, tokenizer, list(prompts), writes=gen_writes(coef) if steered else None,
+                               max_new_tokens=max_new_tokens, chat=chat, batch_size=batch_size)
         writes = cost_writes(coef) if steered else None
         row: dict[str, Any] = {
             "coef": coef,

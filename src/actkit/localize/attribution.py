@@ -50,6 +50,7 @@ from actkit.core.anatomy import Anatomy
 from actkit.core.attention import AttentionCall, intercept_attention
 from actkit.core.hooks import tap
 from actkit.core.interventions import Apply
+from actkit.core.layers import resolve_layers
 from actkit.errors import ActkitError
 from actkit.localize.pairs import PromptPair
 from actkit.localize.patching import (
@@ -59,7 +60,6 @@ from actkit.localize.patching import (
     core_site,
     head_count,
     plain_runs,
-    resolve_layers,
 )
 
 METHODS = ("exact", "atp", "atp-star")

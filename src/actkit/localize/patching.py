@@ -27,6 +27,7 @@ from actkit.core.anatomy import Anatomy
 from actkit.core.attention import Handler, intercept_attention
 from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Set
+from actkit.core.layers import resolve_layers
 from actkit.core.positions import At
 from actkit.errors import ActkitError
 from actkit.localize.metrics import Metric, make_metric
@@ -87,15 +88,6 @@ def head_count(model: nn.Module) -> int:
     return int(heads)
 
 
-def resolve_layers(model: nn.Module, layers: list[int] | None) -> list[int]:
-    n = Anatomy.of(model).n_layers
-    chosen = list(range(n)) if layers is None else sorted(set(layers))
-    bad = [i for i in chosen if not 0 <= i < n]
-    if bad:
-        raise ActkitError(f"block {bad[0]} does not exist; the model has {n} blocks (0..{n - 1})")
-    return chosen
-
-
 def capture(model: nn.Module, ids: torch.Tensor, sites: list[str], attention: Mapping[int, Handler] | None = None
             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One plain pass: the activations at `sites` (1, T, D) and the last position's logits (1, V); `attention`
@@ -133,16 +125,18 @@ def plain_runs(model: nn.Module, pair: PromptPair, sites: list[str], metric: str
     """Both plain runs; `source_attention` handlers see the attention calls of the run whose values are patched in."""
     check_direction(direction)
     denoise = direction == "denoise"
-    clean, clean_logits = capture(model, pair.clean, sites, source_attention if denoise else None)
-    corrupt, corrupt_logits = capture(model, pair.corrupt, sites, None if denoise else source_attention)
+    device = next(model.parameters()).device  # a pair is tokenized on the CPU; the runs go where the model is
+    clean_ids, corrupt_ids = pair.clean.to(device), pair.corrupt.to(device)
+    clean, clean_logits = capture(model, clean_ids, sites, source_attention if denoise else None)
+    corrupt, corrupt_logits = capture(model, corrupt_ids, sites, None if denoise else source_attention)
     if clean_logits.shape[-1] <= max(pair.answer, pair.foil or 0):
         raise ActkitError("the answer or foil token id is outside the model's vocabulary: is the tokenizer the "
                           "model's own?")
     m = make_metric(metric, pair.answer, pair.foil, clean_logits[0])
     clean_value, corrupt_value = float(m(clean_logits)[0]), float(m(corrupt_logits)[0])
     if denoise:
-        return Runs(pair.corrupt, pair.clean, corrupt, clean, m, clean_value, corrupt_value, corrupt_value)
-    return Runs(pair.clean, pair.corrupt, clean, corrupt, m, clean_value, corrupt_value, clean_value)
+        return Runs(corrupt_ids, clean_ids, corrupt, clean, m, clean_value, corrupt_value, corrupt_value)
+    return Runs(clean_ids, corrupt_ids, clean, corrupt, m, clean_value, corrupt_value, clean_value)
 
 
 def activation_patching(model: nn.Module, pair: PromptPair, site: str = "resid_post", *, metric: str = "logit-diff",

@@ -19,6 +19,7 @@ import torch
 
 from actkit.errors import ActkitError
 from actkit.models import gguf, packaged
+from actkit.models.naming import SPEC_ATTRIBUTE, spec_name
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -64,7 +65,9 @@ def load(
     """
     torch_dtype = parse_dtype(dtype)
     torch_device = parse_device(device)
-    model, tokenizer = _resolve_and_load(_as_text(spec), torch_dtype)
+    text = _as_text(spec)
+    model, tokenizer = _resolve_and_load(text, torch_dtype)
+    setattr(model, SPEC_ATTRIBUTE, spec_name(text))  # `model_name` reports what the user typed, not a cache path
     model.to(device=torch_device)  # type: ignore[call-arg]  # transformers types .to() oddly
     model.eval()
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

@@ -30,6 +30,7 @@ from actkit.core.sites import Site
 from actkit.core.stats import Moments, NormHistogram, TopK
 from actkit.errors import ActkitError
 from actkit.io import check_writable, make_folder, publish, staging, to_json
+from actkit.models import naming
 from actkit.observe.attention import NOT_CALLED, AttentionLogitMax, attention_probe
 from actkit.observe.massive import RATIOS, TokenLookup, intervene, massive_entries
 from actkit.observe.reducers import (
@@ -182,7 +183,7 @@ def profile(
         texts = list(texts)  # the intervention reads the same text again
     run = run_reducers(model, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size, progress=progress,
                        top_k=top_k, sparsity_eps=sparsity_eps)
-    result = summarize(run, TokenLookup(texts, tokenizer), model_name=model_name or _name_of(model),
+    result = summarize(run, TokenLookup(texts, tokenizer), model_name=model_name or naming.model_name(model),
                        top_k=top_k, sparsity_eps=sparsity_eps)
     if massive_intervention:
         result["massive_intervention"] = _intervention(model, tokenizer, texts, run.anatomy, result,
@@ -313,12 +314,6 @@ def _router(group: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"experts": found["experts"], "top_k": found["top_k"], "load": [float(v) for v in found["load"]],
             "entropy_mean": float(found["entropy_mean"]), "entropy_max": float(found["entropy_max"]),
             "load_entropy": float(found["load_entropy"])}
-
-
-def _name_of(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    name = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
-    return str(name) if name else type(model).__name__
 
 
 # -- files ---------------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def export_command(
     force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a vector to another tool's format (llama.cpp: --control-vector-scaled FILE STRENGTH)."""
+    """Export a vector to another tool's format (llama.cpp: --control-vector-scaled FILE:STRENGTH)."""
     from actkit.steer import export_gguf, load_vector
 
     with bad_input():
@@ -225,7 +225,7 @@ def export_command(
         return
     stdout().print(Text(f"wrote {target}: {len(vector.layers)} direction(s) at blocks "
                          f"{', '.join(map(str, vector.layers))}; use it with llama.cpp's "
-                         f"--control-vector-scaled {target} 1.0"), highlight=False)
+                         f"--control-vector-scaled {target}:1.0"), highlight=False)
 
 
 def generate_command(

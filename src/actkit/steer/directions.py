@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from actkit.core.anatomy import Anatomy
 from actkit.core.collect import collect, context_length
+from actkit.core.layers import resolve_layers
 from actkit.core.positions import Last, Positions, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
@@ -87,21 +87,6 @@ class _PerText:
 
     def result(self) -> dict[str, Any]:
         return {"sums": self.sums, "counts": self.counts, "norm_sum": self.norm_sum, "tokens": self.tokens}
-
-
-def resolve_layers(model: nn.Module, layers: int | Iterable[int] | None) -> list[int]:
-    """Block indices, negative ones counted from the end; None means every block. Out of range is an error."""
-    n = Anatomy.of(model).n_layers
-    items = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
-    if not items:
-        raise ActkitError("no layers given; name at least one block")
-    out: list[int] = []
-    for layer in items:
-        index = int(layer) + n if int(layer) < 0 else int(layer)
-        if not 0 <= index < n:
-            raise ActkitError(f"layer {layer} does not exist; the model has {n} blocks (0..{n - 1}, or -1..-{n})")
-        out.append(index)
-    return sorted(dict.fromkeys(out))
 
 
 def read_activations(
@@ -357,5 +342,5 @@ def train_vector(
 
 __all__ = [
     "METHODS", "actadd", "default_normalization", "direction", "mean_diff", "pca_center", "pca_diff", "probe",
-    "read_activations", "resolve_layers", "train_vector",
+    "read_activations", "train_vector",
 ]

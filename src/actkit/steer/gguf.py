@@ -10,7 +10,7 @@ layer loop: the same block actkit calls ``resid_post.n``), and it has no slot fo
 ``resid_post.n`` <-> ``direction.n``, and a vector with a direction at block 0 cannot be exported (drop that
 layer or train on later blocks). Only ``resid_post`` vectors have a llama.cpp equivalent.
 
-llama.cpp scales the directions by the strength given on its command line (``--control-vector-scaled FILE S``);
+llama.cpp scales the directions by the strength given on its command line (``--control-vector-scaled FILE:S``, one argument);
 the file holds the vectors at coefficient 1. actkit's metadata travels in an extra string key,
 ``actkit.metadata``, which llama.cpp ignores; `import_gguf` restores it.
 """
@@ -27,7 +27,7 @@ from torch import nn
 
 from actkit.errors import ActkitError
 from actkit.io import atomic_file, check_output_file
-from actkit.steer.vectors import SteeringVector, check_fits
+from actkit.steer.vectors import SteeringVector, check_fits, check_metadata
 
 ARCH = "controlvector"
 _META_KEY = "actkit.metadata"
@@ -121,6 +121,9 @@ def import_gguf(path: str | Path, model: nn.Module | None = None) -> SteeringVec
             meta = json.loads(raw)
         except json.JSONDecodeError:
             meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
+        check_metadata(meta, str(p))
     else:
         meta = {"method": "gguf", "model_hint": _field(reader, f"{ARCH}.model_hint")}
     meta["layers"] = sorted(directions)

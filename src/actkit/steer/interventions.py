@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from actkit.core.anatomy import Anatomy
-from actkit.core.interventions import Intervention, per_row
+from actkit.core.interventions import Intervention, check_finite, per_row
 from actkit.core.positions import Positions, Prompt, StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
@@ -72,6 +72,7 @@ class Clamp(Intervention):
     def __init__(self, direction: torch.Tensor, value: float | torch.Tensor, positions: Positions | None = None):
         super().__init__(positions)
         self.direction = _unit(direction)
+        check_finite(value, "clamp value")
         self.value = value
 
     def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -112,6 +113,7 @@ class ConditionGate(Intervention):
         unit = _unit(condition, "condition vector")
         if unit.dim() != 1:
             raise ActkitError("the condition vector must be one (d,) vector")
+        check_finite(float(threshold), "condition threshold")
         self.condition = unit
         self.threshold = float(threshold)
         self.comparator = comparator

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from actkit.core.layers import resolve_layers
 from actkit.core.positions import Positions
 from actkit.errors import ActkitError
-from actkit.steer.directions import mean_diff, read_activations, resolve_layers
+from actkit.steer.directions import mean_diff, read_activations
 from actkit.steer.pairs import Pair, as_pairs
 
 
@@ -63,6 +65,20 @@ def score_layer(train_pos: torch.Tensor, train_neg: torch.Tensor, test_pos: torc
             "direction_norm": norm}
 
 
+def _unique(items: list[Pair]) -> list[Pair]:
+    """The pairs without repeats (first occurrence kept), with a warning when some were dropped.
+
+    A pair present on both sides of the held-out split is scored on what it was trained on, so every block
+    would look perfect; layer selection therefore counts each distinct pair once.
+    """
+    unique = list(dict.fromkeys(items))
+    if len(unique) < len(items):
+        warnings.warn(f"{len(items) - len(unique)} duplicated pair(s) ignored for layer selection "
+                      f"({len(unique)} distinct pairs left): a pair on both sides of the held-out split would make "
+                      "every block score as if it generalized perfectly", UserWarning, stacklevel=3)
+    return unique
+
+
 def select_layers(
     model: nn.Module,
     tokenizer: Any,
@@ -90,12 +106,14 @@ def select_layers(
         read_position: which tokens give a text's activation (default its last token).
         batch_size: texts per forward pass.
 
+    Repeated pairs are counted once (with a `UserWarning`), so no pair is both trained on and held out.
+
     Returns:
         ``(table, chosen)``: one dict per block, best first, with ``layer``, ``rank``, ``accuracy``,
         ``consistency``, ``score``, ``direction_norm``, ``train_pairs``, ``held_out_pairs``; and the `top`
         best block indices, ascending.
     """
-    items = as_pairs(pairs)
+    items = _unique(as_pairs(pairs))
     if top < 1:
         raise ActkitError(f"top must be at least 1, got {top}")
     candidates = resolve_layers(model, layers)

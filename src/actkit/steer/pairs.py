@@ -79,7 +79,7 @@ def parse_pair(item: Any, where: str = "pair") -> Pair:
         missing = [k for k in ("positive", "negative") if k not in item]
         if missing:
             raise ActkitError(f"{where}: missing key {missing[0]!r} (a pair needs both 'positive' and 'negative')")
-        return Pair(_text(item, "positive", where), _text(item, "negative", where))
+        return _distinct(Pair(_text(item, "positive", where), _text(item, "negative", where)), where)
     if any(k in item for k in _CAA_KEYS):
         missing = [k for k in _CAA_KEYS if k not in item]
         if missing:
@@ -87,12 +87,21 @@ def parse_pair(item: Any, where: str = "pair") -> Pair:
         question = _text(item, "question", where)
         matching = _text(item, "answer_matching_behavior", where)
         other = _text(item, "answer_not_matching_behavior", where)
-        return Pair(f"{question} {matching}", f"{question} {other}")
+        return _distinct(Pair(f"{question} {matching}", f"{question} {other}"), where)
     keys = ", ".join(repr(k) for k in item) or "none"
     raise ActkitError(
         f"{where}: expected keys 'positive' and 'negative' (or CAA's 'question', 'answer_matching_behavior', "
         f"'answer_not_matching_behavior'); found {keys}"
     )
+
+
+def _distinct(pair: Pair, where: str) -> Pair:
+    """Refuse a pair whose two sides are the same text: its difference is zero and teaches no direction."""
+    if pair.positive == pair.negative:
+        shown = pair.positive if len(pair.positive) <= 60 else pair.positive[:57] + "..."
+        raise ActkitError(f"{where}: the positive and negative texts are identical ({shown!r}); a contrast pair "
+                          "needs two different texts (their difference is the direction)")
+    return pair
 
 
 def _text(item: dict[str, Any], key: str, where: str) -> str:
@@ -109,9 +118,9 @@ def as_pairs(pairs: Iterable[Pair | Sequence[str]]) -> list[Pair]:
     out: list[Pair] = []
     for i, item in enumerate(pairs):
         if isinstance(item, Pair):
-            out.append(item)
+            out.append(_distinct(item, f"pair {i}"))
         elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, str) for t in item):
-            out.append(Pair(item[0], item[1]))
+            out.append(_distinct(Pair(item[0], item[1]), f"pair {i}"))
         else:
             raise ActkitError(f"pair {i}: expected a Pair or a (positive, negative) tuple of strings")
     if not out:

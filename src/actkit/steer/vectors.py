@@ -31,6 +31,7 @@ from actkit.core.positions import Positions, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 from actkit.io import atomic_file, check_output_file
+from actkit.models.naming import model_name
 
 FORMAT_VERSION = "1"
 #: The config fields that decide whether a vector fits a model (their sha256 is the ``config_hash``).
@@ -66,6 +67,10 @@ class SteeringVector:
             v = torch.as_tensor(vector).detach().to("cpu", torch.float32).reshape(-1)
             if not bool(torch.isfinite(v).all()):
                 raise ActkitError(f"the direction of layer {layer} holds NaN or inf")
+            if not math.isfinite(float(v.norm())):
+                raise ActkitError(f"the direction of layer {layer} has a norm too large for float32 (largest entry "
+                                  f"{float(v.abs().max()):.3g}): steering with it would overflow the model; "
+                                  "rescale the vector")
             fixed[int(layer)] = v
         self.directions = fixed
 
@@ -141,13 +146,6 @@ def config_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def model_name(model: nn.Module) -> str:
-    """The model's ``name_or_path`` (what `from_pretrained` was given), or its class name."""
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    return str(name) if name else type(model).__name__
-
-
 def model_metadata(model: nn.Module) -> dict[str, Any]:
     """The facts about `model` a vector file records: name, config fields and their hash, sizes."""
     fields = config_fields(model)
@@ -221,6 +219,7 @@ def load_vector(path: str | Path, model: nn.Module | None = None) -> SteeringVec
         raise ActkitError(f"{str(p)!r}: the actkit metadata is not valid JSON ({error.msg})") from None
     if not isinstance(meta, dict):
         raise ActkitError(f"{str(p)!r}: the actkit metadata is not a JSON object")
+    check_metadata(meta, str(p))
     directions = _directions(p, tensors, meta)
     site = str(meta.get("site", "resid_post"))
     try:
@@ -231,6 +230,51 @@ def load_vector(path: str | Path, model: nn.Module | None = None) -> SteeringVec
     if model is not None:
         check_fits(vector, model, source=str(p))
     return vector
+
+
+def _is_int(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The metadata fields actkit reads, each with its check and how to say what it must be (None is always allowed).
+_FIELDS: dict[str, tuple[Any, str]] = {
+    **{key: (lambda v: isinstance(v, str), "a string") for key in (
+        "model", "model_hint", "config_hash", "site", "read_positions", "read_reduce", "method", "normalization",
+        "data_hash")},
+    "hidden_size": (lambda v: _is_int(v, 1), "a positive integer"),
+    "num_layers": (lambda v: _is_int(v, 1), "a positive integer"),
+    "n_pairs": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "random_seed": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "layers": (lambda v: isinstance(v, list) and all(_is_int(x, 0) for x in v),
+               "a list of block indices (non-negative integers)"),
+    "config": (lambda v: isinstance(v, dict) and all(x is None or isinstance(x, (str, int)) for x in v.values()),
+               "an object of config fields (strings or integers)"),
+    "mean_norms": (lambda v: isinstance(v, dict) and all(str(k).isdigit() and _is_number(x) for k, x in v.items()),
+                   "an object block index -> finite number"),
+}
+
+
+def check_metadata(meta: Mapping[str, Any], source: str) -> None:
+    """Check the type of every metadata field actkit reads, so a hand-edited file fails here and not later.
+
+    Arguments:
+        meta: the decoded JSON metadata of a vector file (fields actkit does not read are left alone).
+        source: the file, for the message.
+
+    Raises:
+        ActkitError: ``this file's metadata is malformed: field ...`` naming the first bad field.
+    """
+    for key, (ok, what) in _FIELDS.items():
+        value = meta.get(key)
+        if value is not None and not ok(value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ActkitError(f"{source!r}: this file's metadata is malformed: field {key!r} must be {what}, got "
+                              f"{shown}; re-export the vector with actkit, or fix the field")
 
 
 def _directions(p: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[int, torch.Tensor]:
@@ -297,6 +341,7 @@ def check_fits(vector: SteeringVector, model: nn.Module, *, source: str = "the v
 
 
 __all__ = [
-    "CONFIG_FIELDS", "FORMAT_VERSION", "SteeringVector", "check_fits", "config_fields", "config_hash",
+    "CONFIG_FIELDS", "FORMAT_VERSION", "SteeringVector", "check_fits", "check_metadata", "config_fields",
+    "config_hash",
     "load_vector", "model_metadata", "model_name", "save_vector",
 ]
