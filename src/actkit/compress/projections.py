@@ -11,8 +11,8 @@ layer) and ``mlp_hidden`` (the down projection). `input_sites` finds which, by w
 and matching the tensors each projection and each site see, so the match is what the model actually does,
 whatever its modules are called; calibration then reads the sites through the core (`collect`, `tap`).
 Projections that read the same site form an input group: TEAL calibrates one threshold per group, and the CPU
-speed path reads the group's fused weights once. A projection that no site carries (in the tested families only
-the down projection of Qwen2-MoE's shared expert) forms a group of its own and is read by a hook on it.
+speed path reads the group's fused weights once. A projection that no named site carries (in the tested families
+only the down projection of Qwen2-MoE's shared expert) forms a group of its own and is read at its module site.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def input_sites(model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str,
 
     Arguments:
         model: a model of a family in the anatomy.
-        modules: name -> module, each inside one of the model's blocks.
+        modules: path in the model (as ``named_modules`` gives it) -> module, each inside one of its blocks.
 
     Returns:
         name -> the `Site` (one of `INPUT_SITES` of the module's block), or None when no site carries its input
@@ -109,21 +109,18 @@ def input_sites(model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str,
         return keep
 
     def module_reader(name: str) -> Any:
-        def keep(module: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                inputs.setdefault(name, args[0])
+        def keep(x: torch.Tensor, mask: torch.Tensor, ctx: Any) -> None:
+            inputs.setdefault(name, x)
         return keep
 
-    handles = []
+    for name, module in modules.items():
+        if anatomy.point(Site.module(name, "input")).module is not module:
+            raise ActkitError(f"{name!r} names another module of {type(model).__name__} than the one given")
+    reads = {site: Read(site_reader(site)) for site in sites}
+    reads.update({Site.module(name, "input"): Read(module_reader(name)) for name in modules})
     device = next(model.parameters()).device
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_pre_hook(module_reader(name)))
-        with torch.inference_mode(), tap(model, read={site: Read(site_reader(site)) for site in sites}):
-            model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.inference_mode(), tap(model, read=reads):
+        model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
     found: dict[str, Site | None] = {}
     for name in modules:
         x = inputs.get(name)

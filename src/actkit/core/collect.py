@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from actkit.core.anatomy import Anatomy
@@ -251,6 +252,55 @@ def collect(
     return Collection(made, tokens, documents, batches, resolved)
 
 
+def next_token_nll(
+    model: nn.Module,
+    texts: Sequence[str] | Iterable[str],
+    tokenizer: Any,
+    *,
+    limit: int | None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    split: bool = True,
+    progress: bool = False,
+) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood (nats) of `model` on `texts`: the one loss of actkit.
+
+    The rows are `token_batches`' (see there for `limit`, `max_tokens` and `split`); every real token that has a
+    real successor in its row is scored, in float32, one row at a time (a float32 copy of a whole batch of
+    logits can be large), and the sums are added in float64. Runs under any active `tap`, so an edited model is
+    scored the same way as a plain one.
+
+    Returns:
+        (summed NLL, number of scored tokens); the sum is inf or NaN when the logits overflow.
+    """
+    if max_tokens is not None and max_tokens <= 0:
+        raise ActkitError(f"max_tokens must be a positive number of tokens (got {max_tokens})")
+    device = next(model.parameters()).device
+    total, count, documents, tokens = 0.0, 0, 0, 0
+    bar = _progress(progress, len(texts) if isinstance(texts, Sequence) else None, max_tokens)
+    try:
+        for batch in token_batches(texts, tokenizer, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
+                                   split=split):
+            ids, mask = batch.ids.to(device), batch.mask.to(device)
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
+            scored = mask[:, :-1] & mask[:, 1:]
+            target = ids[:, 1:].masked_fill(~scored, -100)
+            for row in range(ids.shape[0]):
+                if bool(scored[row].any()):
+                    total += float(F.cross_entropy(logits[row, :-1].float(), target[row], ignore_index=-100,
+                                                   reduction="sum"))
+            count += int(scored.sum())
+            tokens += batch.tokens
+            documents = max(documents, int(batch.documents[-1]) + 1)
+            if bar is not None:
+                bar.update(documents, tokens)
+    finally:
+        if bar is not None:
+            bar.close()
+    return total, count
+
+
 class _Bar:
     """A rich progress bar over documents (or tokens when a budget is set)."""
 
@@ -277,4 +327,4 @@ def _progress(enabled: bool, total_docs: int | None, max_tokens: int | None) -> 
     return _Bar(total_docs, max_tokens) if enabled else None
 
 
-__all__ = ["Collection", "TokenBatch", "collect", "context_length", "read_texts", "token_batches"]
+__all__ = ["Collection", "TokenBatch", "collect", "context_length", "next_token_nll", "read_texts", "token_batches"]
