@@ -46,8 +46,8 @@ from actkit.core.hooks import Read, tap
 from actkit.core.interventions import Intervention
 from actkit.core.positions import StepContext
 from actkit.core.sites import Site
+from actkit.core.stats import MagnitudeHistogram
 from actkit.errors import ActkitError
-from actkit.observe.reducers import MagnitudeHistogram
 
 #: The methods a spec may name.
 METHODS = ("teal", "wina", "wina-code")
