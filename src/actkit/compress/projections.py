@@ -1,9 +1,10 @@
 """The projections that activation sparsity acts on: every linear layer inside a model's blocks.
 
 TEAL and WINA zero entries of the *input* of q/k/v/o/gate/up/down. Rather than one table of module names per
-family, every ``nn.Linear`` (and GPT-2's ``Conv1D``) inside a block found by the `Anatomy` counts: that covers
-fused layouts (Phi-3's ``qkv_proj``, GPT-NeoX's ``query_key_value``) with no code path per family. Fused MoE
-experts are 3-D parameters, not linear modules, and routers are their own module types, so neither is touched.
+family, every linear layer inside a block counts (the core's one enumeration, `actkit.core.linears.linears`):
+that covers fused layouts (Phi-3's ``qkv_proj``, GPT-NeoX's ``query_key_value``) with no code path per family.
+Fused MoE experts are 3-D parameters, not linear modules, and routers are their own module types, so neither is
+touched.
 
 Each projection's input is the value of one of the core's sites (`INPUT_SITES`): ``attn_in`` (what q, k and v
 read), ``attn_hidden`` (the attention output projection's input), ``mlp_in`` (gate and up, or the first MLP
@@ -26,6 +27,7 @@ from torch import nn
 
 from actkit.core.anatomy import Anatomy
 from actkit.core.hooks import Read, tap
+from actkit.core.linears import linears
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
@@ -53,30 +55,16 @@ class Projection:
     def weight(self) -> torch.Tensor:
         """The weight as (out, in), whatever the module's storage (``Conv1D`` keeps (in, out)); never a copy."""
         w: torch.Tensor = self.module.weight  # type: ignore[assignment]
-        return w.detach().t() if _is_conv1d(self.module) else w.detach()
+        return w.detach() if isinstance(self.module, nn.Linear) else w.detach().t()
 
     def bias(self) -> torch.Tensor | None:
         b = getattr(self.module, "bias", None)
         return None if b is None else b.detach()
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
-
-
-def _is_projection(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
-
-
 def projections(model: nn.Module) -> list[Projection]:
     """Every linear layer inside the blocks of `model`, in forward order; an error when there is none."""
-    anatomy = Anatomy.of(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    found: list[Projection] = []
-    for layer, block in enumerate(anatomy.blocks):
-        for path, module in block.named_modules():
-            if path and _is_projection(module):
-                found.append(Projection(names.get(id(module), f"blocks.{layer}.{path}"), layer, path, module))
+    found = [Projection(lin.name, lin.layer, lin.path, lin.module) for lin in linears(model)]
     if not found:
         raise ActkitError(f"{type(model).__name__} has no linear layers inside its blocks, so there is nothing for "
                           "activation sparsity to act on")
