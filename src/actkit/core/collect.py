@@ -169,7 +169,13 @@ def token_batches(
                          torch.tensor([c.offset for c in batch]))
 
 
-def _finite_guard(site: str, where: dict[str, int]) -> Callable[[torch.Tensor, torch.Tensor, StepContext], None]:
+def finite_guard(site: str, where: dict[str, int]) -> Callable[[torch.Tensor, torch.Tensor, StepContext], None]:
+    """A read that raises a clear `ActkitError` on NaN or inf at `site` (what `collect(check_finite=True)` adds).
+
+    Arguments:
+        site: the site's name, for the message.
+        where: ``{"batch": i, "document": j}``, updated by the caller before each batch, for the message.
+    """
     def check(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> None:
         # a NaN or inf anywhere in a token's vector makes its sum non-finite: one cheap pass, no row copy
         if not bool(torch.isfinite(x.detach().sum(dim=-1, dtype=torch.float32)[mask]).all()):
@@ -225,7 +231,7 @@ def collect(
     made = {site: {name: factory() for name, factory in reducers.items()} for site in resolved}
     where = {"batch": 0, "document": 0}
     reads: dict[str, list[Read]] = {
-        site: [Read(r, pos) for r in made[site].values()] + ([Read(_finite_guard(site, where))] if check_finite else [])
+        site: [Read(r, pos) for r in made[site].values()] + ([Read(finite_guard(site, where))] if check_finite else [])
         for site in resolved
     }
     total_docs = len(texts) if isinstance(texts, Sequence) else None
@@ -327,4 +333,5 @@ def _progress(enabled: bool, total_docs: int | None, max_tokens: int | None) -> 
     return _Bar(total_docs, max_tokens) if enabled else None
 
 
-__all__ = ["Collection", "TokenBatch", "collect", "context_length", "next_token_nll", "read_texts", "token_batches"]
+__all__ = ["Collection", "TokenBatch", "collect", "context_length", "finite_guard", "next_token_nll", "read_texts",
+           "token_batches"]
