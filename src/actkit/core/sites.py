@@ -94,7 +94,7 @@ class Site:
             raise ActkitError(f"site {text!r}: indices must be integers, as in {_example(kind)!r}") from None
         if any(i < 0 for i in idx):
             raise ActkitError(f"site {text!r}: indices must be non-negative")
-        return cls(kind, *idx)
+        return cls(kind, idx[0] if idx else None, idx[1] if len(idx) > 1 else None)
 
 
 def _parse_module(text: str) -> Site:
