@@ -38,8 +38,7 @@ import transformers
 import actkit
 from actkit.compress.calibration import calibration_texts
 from actkit.compress.experts import expert_stats, plan_experts, slice_experts
-from actkit.compress.experts.stats import token_batches
-from actkit.core.collect import context_length
+from actkit.core.collect import context_length, token_batches
 from actkit.models.checkpoint import save_checkpoint
 
 from machine import cpu_model, interleaved
@@ -84,7 +83,8 @@ def main() -> None:
     model, tokenizer = actkit.load(args.model)
     calib = calibration_texts(documents=args.documents)
     limit = context_length(model, tokenizer)
-    batches = list(token_batches(calib.texts, tokenizer, args.batch_size, None, limit))
+    batches = [(b.ids, b.mask.long()) for b in token_batches(calib.texts, tokenizer, limit=limit,
+                                                             batch_size=args.batch_size)]
     tokens = sum(int(a.sum()) for _, a in batches)
 
     def plain() -> None:

@@ -27,7 +27,7 @@ import torch
 import transformers
 
 from actkit import Anatomy, Capture, NormHistogram, Read, tap
-from actkit.core.collect import _finite_guard
+from actkit.core.collect import finite_guard
 
 from machine import cpu_model
 
@@ -69,7 +69,7 @@ def variants(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Callab
 
     def guarded() -> None:
         where = {"batch": 0, "document": 0}
-        reads = {s: [Read(NormHistogram()), Read(_finite_guard(s, where))] for s in sites}
+        reads = {s: [Read(NormHistogram()), Read(finite_guard(s, where))] for s in sites}
         with tap(model, read=reads):
             model(**inputs)
 
@@ -100,7 +100,7 @@ def hook_work(model: torch.nn.Module, inputs: dict[str, Any], repeats: int) -> t
         model(**inputs)
     values = [c.last for c in captures.values()]
     mask = inputs["attention_mask"].bool()
-    guard = _finite_guard("resid_post", {"batch": 0, "document": 0})
+    guard = finite_guard("resid_post", {"batch": 0, "document": 0})
     plain: list[float] = []
     guarded: list[float] = []
     for _ in range(repeats):

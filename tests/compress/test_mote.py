@@ -111,10 +111,22 @@ def test_bad_switches() -> None:
     with pytest.raises(ActkitError, match="3 experts forced on"):
         with switch_experts(model, on=[(0, 0), (0, 1), (0, 2)]):
             pass
+    llama = build("llama")
     with pytest.raises(ActkitError, match="not a mixture of experts"):
-        with switch_experts(build("llama"), off=[(0, 0)]):
+        with switch_experts(llama, off=[(0, 0)]):
             pass
-    assert not any(m._forward_hooks for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in llama.modules())
+
+
+def test_switch_hooks_are_removed_when_the_block_raises() -> None:
+    model = build("qwen2_moe")
+    router = moe_layers(model)[0].router
+    with pytest.raises(RuntimeError, match="after the hooks exist"):
+        with switch_experts(model, off=[(0, 1)]):
+            assert router._forward_hooks  # the switch is live on this very model
+            _logits(model, torch.tensor([[3, 4, 5]]))
+            raise RuntimeError("after the hooks exist")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_routing_frequency_and_behaviour_experts_match_the_router() -> None:

@@ -58,9 +58,14 @@ def test_bfloat16_tables_are_close_but_not_exact() -> None:
         SparseMatvec(weight, dtype=torch.bfloat16, kernel="coo")
 
 
-def test_autotune_picks_a_known_kernel() -> None:
-    op = SparseMatvec(torch.randn(32, 48))
+def test_autotune_picks_a_kernel_whose_product_is_right() -> None:
+    g = torch.Generator().manual_seed(3)
+    weight, bias, x = torch.randn(32, 48, generator=g), torch.randn(32, generator=g), torch.randn(48, generator=g)
+    op = SparseMatvec(weight, bias)
     assert op.kernel in KERNELS
+    idx = torch.tensor([0, 5, 6, 20, 47])
+    torch.testing.assert_close(op(idx, x[idx]), masked_dense(weight, bias, idx, x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(op(idx, x[idx]), masked_dense(weight, None, idx, x))
 
 
 def test_bad_weights_and_kernels_are_refused() -> None:

@@ -20,9 +20,9 @@ from actkit.compress.activation import (
 from actkit.compress.calibration import Calibration, calibration_texts
 from actkit.compress.projections import input_groups, input_sites, projections
 from actkit.core.collect import token_batches
+from actkit.core.stats import MagnitudeHistogram
 from actkit.errors import ActkitError
 from actkit.evaluate.perplexity import nll
-from actkit.observe.reducers import MagnitudeHistogram
 
 import tiny
 

@@ -102,3 +102,28 @@ def test_bad_input(tmp_path) -> None:
     good = tmp_path / "good.txt"
     good.write_text("one\n\n two \nthree\n")
     assert read_texts(good) == ["one", " two ", "three"]
+
+
+@pytest.mark.parametrize("split, batch_size", [(True, 1), (True, 3), (False, 2)])
+def test_next_token_nll_equals_a_hand_computation(split: bool, batch_size: int) -> None:
+    from actkit.core.collect import next_token_nll
+
+    model, tok = build("llama"), CharTokenizer()
+    texts = ["the cat sat on the mat", "x", "birds sing at dawn", "", "abcdefghijklmnop"]
+    total, count = next_token_nll(model, texts, tok, limit=8, batch_size=batch_size, split=split)
+    expected, expected_count = 0.0, 0
+    for text in texts:  # each row alone, no padding, in float64
+        ids = tok(text)["input_ids"]
+        rows = [ids[i:i + 8] for i in range(0, len(ids), 8)] if split else [ids[:8]]
+        for row in rows:
+            if len(row) < 2:
+                continue
+            x = torch.tensor([row])
+            with torch.no_grad():
+                logits = model(input_ids=x).logits[0, :-1].double()
+            expected += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
+            expected_count += len(row) - 1
+    assert count == expected_count
+    assert total == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(actkit.ActkitError, match="max_tokens must be a positive"):
+        next_token_nll(model, texts, tok, limit=8, max_tokens=0)

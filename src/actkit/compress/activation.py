@@ -21,10 +21,11 @@ what a decoder that never runs a dense token would see.
 
 Calibration reads through the core: TEAL's histograms are `collect` (or, for ready-made token batches, `tap`)
 reducers at the sites that carry the projections' inputs (``attn_in``, ``attn_hidden``, ``mlp_in``,
-``mlp_hidden``; see `actkit.compress.projections`), one histogram per site. Sparsifying is per projection (WINA
-gives q, k and v different choices from one shared input, and an MoE block's router and experts read ``mlp_in``
-but are never sparsified), so it is done by forward pre-hooks on the projections themselves, removed in
-``finally``; the model's weights are never touched.
+``mlp_hidden``; see `actkit.compress.projections`), one histogram per site, and at the module site
+(``module:PATH:input``) of a projection that no named site carries. Sparsifying is per projection (WINA gives
+q, k and v different choices from one shared input, and an MoE block's router and experts read ``mlp_in`` but are
+never sparsified), so it is a `tap` write at each projection's module site; padding is never touched, and the
+model's weights are never changed.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ from torch import nn
 from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
 from actkit.compress.projections import Projection, input_sites, projections
 from actkit.core.collect import collect
-from actkit.core.hooks import Read, Tap, tap
+from actkit.core.hooks import Read, tap
+from actkit.core.interventions import Intervention
+from actkit.core.positions import StepContext
 from actkit.core.sites import Site
+from actkit.core.stats import MagnitudeHistogram
 from actkit.errors import ActkitError
-from actkit.observe.reducers import MagnitudeHistogram
 
 #: The methods a spec may name.
 METHODS = ("teal", "wina", "wina-code")
@@ -184,8 +187,9 @@ class _TealReads:
     def site_list(self) -> list[Site]:
         return list(dict.fromkeys(s for s in self.sites.values() if s is not None))
 
-    def unsited(self) -> list[Projection]:
-        return [p for p in self.projs if self.sites[p.name] is None]
+    def unsited(self) -> dict[Site, str]:
+        """The module site of each projection that no named site carries, and the projection's name."""
+        return {Site.module(p.name, "input"): p.name for p in self.projs if self.sites[p.name] is None}
 
     def result(self, by_site: dict[Site, MagnitudeHistogram], own: dict[str, MagnitudeHistogram],
                tokens: int) -> TealCalibration:
@@ -197,26 +201,6 @@ class _TealReads:
         return TealCalibration(list(groups.values()), hists, tokens, {p.name: p.in_features for p in self.projs})
 
 
-@contextmanager
-def _read_unsited(state: Tap, projs: list[Projection], hists: dict[str, MagnitudeHistogram]) -> Iterator[None]:
-    """Histograms of the inputs of projections no site carries, by pre-hooks on them (padding masked by the
-    context of `state`'s pass)."""
-    def hook_for(hist: MagnitudeHistogram):  # noqa: ANN202 - a torch hook
-        def read(module: nn.Module, args: tuple) -> None:
-            ctx = state.context
-            hist.update(args[0], _valid_rows(args[0], ctx.valid if ctx is not None else None))
-        return read
-
-    handles = []
-    try:
-        for p in projs:
-            handles.append(p.module.register_forward_pre_hook(hook_for(hists[p.name])))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def calibrate_teal_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> TealCalibration:
     """Histogram |x| of every projection input group over (input_ids, attention_mask) batches of the dense model.
 
@@ -225,12 +209,11 @@ def calibrate_teal_batches(model: nn.Module, batches: Iterable[tuple[torch.Tenso
     them into thresholds for any sparsity.
     """
     reads = _TealReads.of(model)
-    by_site = {site: MagnitudeHistogram() for site in reads.site_list()}
-    own = {p.name: MagnitudeHistogram() for p in reads.unsited()}
+    by_site = {site: MagnitudeHistogram() for site in [*reads.site_list(), *reads.unsited()]}
+    own = {name: by_site[site] for site, name in reads.unsited().items()}
     device = next(model.parameters()).device
     tokens = 0
-    with (torch.inference_mode(), tap(model, read={s: Read(h) for s, h in by_site.items()}) as state,
-          _read_unsited(state, reads.unsited(), own)):
+    with torch.inference_mode(), tap(model, read={s: Read(h) for s, h in by_site.items()}) as state:
         for ids, mask in batches:
             state.reset()
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
@@ -254,10 +237,10 @@ def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | 
     """
     calibration = calibration or calibration_texts()
     reads = _TealReads.of(model)
-    own = {p.name: MagnitudeHistogram() for p in reads.unsited()}
-    with tap(model) as state, _read_unsited(state, reads.unsited(), own):
-        found = collect(model, calibration.texts, reads.site_list(), {"hist": MagnitudeHistogram},
-                        tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    unsited = reads.unsited()
+    found = collect(model, calibration.texts, [*reads.site_list(), *unsited], {"hist": MagnitudeHistogram},
+                    tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    own = {name: found[str(site)]["hist"] for site, name in unsited.items()}
     result = reads.result({s: found[str(s)]["hist"] for s in reads.site_list()}, own, found.tokens)
     require_tokens(result.tokens, MIN_TEAL_TOKENS, calibration.source)
     result.record = calibration.record(result.tokens)
@@ -341,18 +324,20 @@ class SparsityStats:
         return sum(self.zeroed.values()) / seen if seen else float("nan")
 
 
-def _valid_rows(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
-    """The real-token mask in `x`'s token shape (flattened for modules that see (B*T, d) tokens, such as MoE
-    shared experts), or None when the shapes do not line up (then every row counts)."""
-    if valid is None:
-        return None
-    if tuple(x.shape[:-1]) == tuple(valid.shape):
-        return valid
-    if x.dim() == 2 and x.shape[0] == valid.numel():
-        return valid.reshape(-1)
-    if x.dim() == 3 and x.shape[0] == valid.shape[0] and x.shape[1] <= valid.shape[1]:
-        return valid[:, -x.shape[1]:]
-    return None
+class _Sparsify(Intervention):
+    """Zero the entries of a projection's input that its rule drops, on real tokens; counts what it zeroed."""
+
+    def __init__(self, name: str, rule: Rule, stats: SparsityStats):
+        super().__init__()
+        self.name, self.rule, self.stats = name, rule, stats
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        drop = ~self.rule.keep_mask(x)
+        self.stats.add(self.name, int(drop.sum(-1)[mask].sum()), int(mask.sum()) * int(x.shape[-1]))
+        return x.masked_fill(drop & mask[..., None], 0)
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return x.masked_fill(~self.rule.keep_mask(x), 0)
 
 
 @contextmanager
@@ -370,30 +355,10 @@ def activation_sparsity(model: nn.Module, plan: SparsityPlan) -> Iterator[Sparsi
     by_module = {id(p.module): p for p in plan.projections}
     if any(id(m) not in by_module for m in (p.module for p in projections(model))):
         raise ActkitError("this sparsity plan was made for another model; plan again on this one")
-    handles = []
-    with tap(model) as state:
-        def hook_for(name: str, rule: Rule):  # noqa: ANN202 - a torch hook
-            def sparsify(module: nn.Module, args: tuple) -> tuple:
-                x = args[0]
-                keep = rule.keep_mask(x)
-                ctx = state.context
-                rows = _valid_rows(x, ctx.valid if ctx is not None else None)
-                dropped = (~keep).sum(-1)
-                n_tok = int(rows.sum()) if rows is not None else int(dropped.numel())
-                stats.add(name, int(dropped[rows].sum() if rows is not None else dropped.sum()),
-                          n_tok * int(x.shape[-1]))
-                return (x.masked_fill(~keep, 0), *args[1:])
-            return sparsify
-
-        try:
-            for p in plan.projections:
-                rule = plan.rules.get(p.name)
-                if rule is not None:
-                    handles.append(p.module.register_forward_pre_hook(hook_for(p.name, rule)))
-            yield stats
-        finally:
-            for handle in handles:
-                handle.remove()
+    write = {Site.module(p.name, "input"): _Sparsify(p.name, rule, stats)
+             for p in plan.projections if (rule := plan.rules.get(p.name)) is not None}
+    with tap(model, write=write):
+        yield stats
 
 
 def prepare_activation_sparsity(model: nn.Module, tokenizer: Any, spec: str | ActivationSparsity, *,

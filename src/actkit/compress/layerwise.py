@@ -15,8 +15,8 @@ the first block, and from then on block by block:
    read one site share its reducers (q, k and v: one covariance, not three). Call ``prune``; run the pruned
    block again and its outputs become the next block's inputs.
 
-A layer whose input no site carries (in the tested families only the down projection of Qwen2-MoE's shared
-expert) is read by a forward pre-hook on the layer itself, with the same mask.
+A layer whose input no named site carries (in the tested families only the down projection of Qwen2-MoE's shared
+expert) is read at its module site (``module:PATH:input``), with the same mask.
 
 Memory is one block's hidden states for the calibration tokens (plus the recorded arguments, shared between
 blocks) and the reducers' state, which does not grow with the number of tokens. The model passed in is changed
@@ -25,8 +25,7 @@ only by ``prune`` (its blocks are swapped back in ``finally``): give it a copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from torch import nn
 from actkit.compress.projections import input_sites
 from actkit.core.anatomy import Anatomy
 from actkit.core.collect import TokenBatch
-from actkit.core.hooks import Read, Tap, tap
+from actkit.core.hooks import Read, tap
 from actkit.core.positions import StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
@@ -120,16 +119,6 @@ def _run(block: nn.Module, hidden: torch.Tensor, call: Call) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _row_mask(x: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
-    """The real-token mask in the token shape of `x` ((B, T, d), or (B*T, d) inside some MoE blocks)."""
-    if tuple(x.shape[:-1]) == tuple(mask.shape):
-        return mask
-    if x.dim() == 2 and x.shape[0] == mask.numel():
-        return mask.reshape(-1)
-    raise ActkitError(f"{name}: input of shape {tuple(x.shape)} does not match the batch of {tuple(mask.shape)} "
-                      "tokens; this layer cannot be calibrated")
-
-
 def _context(mask: torch.Tensor) -> StepContext:
     """The context of one cached batch: what the hook engine would derive from its attention mask."""
     positions = (mask.long().cumsum(-1) - 1).masked_fill(~mask, -1)
@@ -178,8 +167,9 @@ def layer_by_layer(
             fresh = {k: make() for k, make in reducers.items()}
             stats[name] = fresh if site is None else by_site.setdefault(site, fresh)
         reads = {site: [Read(r) for r in reduced.values()] for site, reduced in by_site.items()}
-        unsited = {name: chosen[name] for name in chosen if sites[name] is None}
-        with torch.inference_mode(), tap(model, read=reads) as state, _read_unsited(unsited, stats, state):
+        reads.update({Site.module(name, "input"): [Read(r) for r in stats[name].values()]
+                      for name in chosen if sites[name] is None})
+        with torch.inference_mode(), tap(model, read=reads) as state:
             for b, h in enumerate(hidden):
                 state.context = contexts[b]
                 _run(block, h, calls[b][i])
@@ -189,32 +179,6 @@ def layer_by_layer(
                 hidden = [_run(block, h, calls[b][i]) for b, h in enumerate(hidden)]
         if on_block is not None:
             on_block(i, last + 1)
-
-
-@contextmanager
-def _read_unsited(modules: Mapping[str, nn.Module], stats: dict[str, Stats], state: Tap) -> Iterator[None]:
-    """Feed the reducers of layers that no site carries from pre-hooks on the layers, with the real-token mask
-    of the context `layer_by_layer` set on `state` (padding masked out)."""
-    handles = []
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_pre_hook(_feeder(name, stats[name], state)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _feeder(name: str, stats: Stats, state: Tap) -> Callable[..., None]:
-    def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if not args:
-            raise ActkitError(f"{name} was called without a positional input; it cannot be calibrated")
-        x = args[0]
-        assert state.context is not None  # set by layer_by_layer before every batch
-        mask = _row_mask(x, state.context.valid, name)
-        for reducer in stats.values():
-            reducer.update(x, mask)
-    return pre
 
 
 __all__ = ["layer_by_layer"]

@@ -1,9 +1,10 @@
 """The projections that activation sparsity acts on: every linear layer inside a model's blocks.
 
 TEAL and WINA zero entries of the *input* of q/k/v/o/gate/up/down. Rather than one table of module names per
-family, every ``nn.Linear`` (and GPT-2's ``Conv1D``) inside a block found by the `Anatomy` counts: that covers
-fused layouts (Phi-3's ``qkv_proj``, GPT-NeoX's ``query_key_value``) with no code path per family. Fused MoE
-experts are 3-D parameters, not linear modules, and routers are their own module types, so neither is touched.
+family, every linear layer inside a block counts (the core's one enumeration, `actkit.core.linears.linears`):
+that covers fused layouts (Phi-3's ``qkv_proj``, GPT-NeoX's ``query_key_value``) with no code path per family.
+Fused MoE experts are 3-D parameters, not linear modules, and routers are their own module types, so neither is
+touched.
 
 Each projection's input is the value of one of the core's sites (`INPUT_SITES`): ``attn_in`` (what q, k and v
 read), ``attn_hidden`` (the attention output projection's input), ``mlp_in`` (gate and up, or the first MLP
@@ -11,8 +12,8 @@ layer) and ``mlp_hidden`` (the down projection). `input_sites` finds which, by w
 and matching the tensors each projection and each site see, so the match is what the model actually does,
 whatever its modules are called; calibration then reads the sites through the core (`collect`, `tap`).
 Projections that read the same site form an input group: TEAL calibrates one threshold per group, and the CPU
-speed path reads the group's fused weights once. A projection that no site carries (in the tested families only
-the down projection of Qwen2-MoE's shared expert) forms a group of its own and is read by a hook on it.
+speed path reads the group's fused weights once. A projection that no named site carries (in the tested families
+only the down projection of Qwen2-MoE's shared expert) forms a group of its own and is read at its module site.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from actkit.core.anatomy import Anatomy
 from actkit.core.hooks import Read, tap
+from actkit.core.linears import linears
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
@@ -53,30 +55,16 @@ class Projection:
     def weight(self) -> torch.Tensor:
         """The weight as (out, in), whatever the module's storage (``Conv1D`` keeps (in, out)); never a copy."""
         w: torch.Tensor = self.module.weight  # type: ignore[assignment]
-        return w.detach().t() if _is_conv1d(self.module) else w.detach()
+        return w.detach() if isinstance(self.module, nn.Linear) else w.detach().t()
 
     def bias(self) -> torch.Tensor | None:
         b = getattr(self.module, "bias", None)
         return None if b is None else b.detach()
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
-
-
-def _is_projection(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
-
-
 def projections(model: nn.Module) -> list[Projection]:
     """Every linear layer inside the blocks of `model`, in forward order; an error when there is none."""
-    anatomy = Anatomy.of(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    found: list[Projection] = []
-    for layer, block in enumerate(anatomy.blocks):
-        for path, module in block.named_modules():
-            if path and _is_projection(module):
-                found.append(Projection(names.get(id(module), f"blocks.{layer}.{path}"), layer, path, module))
+    found = [Projection(lin.name, lin.layer, lin.path, lin.module) for lin in linears(model)]
     if not found:
         raise ActkitError(f"{type(model).__name__} has no linear layers inside its blocks, so there is nothing for "
                           "activation sparsity to act on")
@@ -92,7 +80,7 @@ def input_sites(model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str,
 
     Arguments:
         model: a model of a family in the anatomy.
-        modules: name -> module, each inside one of the model's blocks.
+        modules: path in the model (as ``named_modules`` gives it) -> module, each inside one of its blocks.
 
     Returns:
         name -> the `Site` (one of `INPUT_SITES` of the module's block), or None when no site carries its input
@@ -109,21 +97,18 @@ def input_sites(model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str,
         return keep
 
     def module_reader(name: str) -> Any:
-        def keep(module: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                inputs.setdefault(name, args[0])
+        def keep(x: torch.Tensor, mask: torch.Tensor, ctx: Any) -> None:
+            inputs.setdefault(name, x)
         return keep
 
-    handles = []
+    for name, module in modules.items():
+        if anatomy.point(Site.module(name, "input")).module is not module:
+            raise ActkitError(f"{name!r} names another module of {type(model).__name__} than the one given")
+    reads = {site: Read(site_reader(site)) for site in sites}
+    reads.update({Site.module(name, "input"): Read(module_reader(name)) for name in modules})
     device = next(model.parameters()).device
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_pre_hook(module_reader(name)))
-        with torch.inference_mode(), tap(model, read={site: Read(site_reader(site)) for site in sites}):
-            model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.inference_mode(), tap(model, read=reads):
+        model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
     found: dict[str, Site | None] = {}
     for name in modules:
         x = inputs.get(name)

@@ -35,6 +35,7 @@ from actkit.compress.scores import DASS_ALPHA, dass_expand, input_norms, magnitu
 from actkit.compress.sparsegpt import BLOCK_SIZE, DAMPENING, sparsegpt
 from actkit.core.anatomy import Anatomy
 from actkit.core.collect import context_length, token_batches
+from actkit.core.linears import Linear, linears
 from actkit.core.stats import Covariance, Moments
 from actkit.errors import ActkitError
 from actkit.models.naming import model_name
@@ -73,44 +74,30 @@ class Target:
         return w if isinstance(self.module, nn.Linear) else w.T
 
 
-def _is_linear(module: nn.Module) -> bool:
-    if isinstance(module, nn.Linear):
-        return True
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(module, Conv1D)
-
-
 def find_targets(model: nn.Module, keep_attention_dense: bool = False) -> tuple[list[Target], dict[str, str]]:
-    """The linear layers `prune_weights` prunes, in forward order, and the parts it leaves dense (with why)."""
+    """The linear layers `prune_weights` prunes, in forward order, and the parts it leaves dense (with why).
+
+    The layers and their roles are the core's one enumeration (`actkit.core.linears.linears`).
+    """
     anatomy = Anatomy.of(model)
     names = {id(m): n for n, m in model.named_modules()}
-    mlp_hook = anatomy.family.block.get("mlp_in")
-    down_hook = anatomy.family.block.get("mlp_hidden")
     experts = anatomy.family.experts
+    per_layer: dict[int, list[Linear]] = {}
+    for lin in linears(model):
+        per_layer.setdefault(lin.layer, []).append(lin)
     targets: list[Target] = []
     skipped: dict[str, str] = {}
     for layer, block in enumerate(anatomy.blocks):
-        prefix = names[id(block)]
         if experts is not None and _submodule(block, experts.path) is not None:
-            skipped[f"{prefix}.{experts.path}"] = ("fused MoE experts (3-D weights) are left dense: weight pruning "
-                                                  "targets dense layers; prune whole experts instead")
-        mlp_path = mlp_hook.path if mlp_hook else None
-        down_path = down_hook.path if down_hook else None
+            skipped[f"{names[id(block)]}.{experts.path}"] = (
+                "fused MoE experts (3-D weights) are left dense: weight pruning targets dense layers; prune whole "
+                "experts instead")
         found: list[Target] = []
-        for local, module in block.named_modules():
-            if not local or not _is_linear(module):
+        for lin in per_layer.get(layer, []):
+            if lin.role == "attention" and keep_attention_dense:
+                skipped[lin.name] = "attention kept dense (keep_attention_dense)"
                 continue
-            if local == down_path:
-                kind: Kind = "down"
-            elif mlp_path is not None and local.startswith(mlp_path + "."):
-                kind = "mlp"
-            else:
-                kind = "attention"
-            if kind == "attention" and keep_attention_dense:
-                skipped[f"{prefix}.{local}"] = "attention kept dense (keep_attention_dense)"
-                continue
-            found.append(Target(f"{prefix}.{local}", layer, module, kind))
+            found.append(Target(lin.name, layer, lin.module, lin.role))
         targets += _mark_glu(found)
     if not targets:
         raise ActkitError(f"{type(model).__name__} has no linear layer to prune inside its blocks")

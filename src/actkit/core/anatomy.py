@@ -8,13 +8,15 @@ dense layer in a partly-MoE model) are simply unavailable at that block.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Literal
 
 from torch import nn
 
-from actkit.core.sites import SITE_KINDS, Site
+from actkit.core.sites import MODULE, SITE_KINDS, Site
 from actkit.errors import ActkitError
 
 Side = Literal["input", "output"]
@@ -34,10 +36,13 @@ class Experts:
 
     ``layout="fused_glu"`` means ``gate_up_proj`` is (E, 2F, d) with gate rows first, ``down_proj`` is (E, d, F)
     and the module has ``act_fn``: transformers 5's layout for Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE.
+    ``shared_down`` is the down projection of a shared expert that runs beside the routed ones (Qwen2-MoE), relative
+    to the block: it writes to the residual stream like the dense MLP's down projection.
     """
 
     path: str = "mlp.experts"
     layout: Literal["fused_glu"] = "fused_glu"
+    shared_down: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,13 +90,15 @@ def families() -> list[Family]:
 
 @dataclass(frozen=True)
 class HookPoint:
-    """A resolved site: the module to hook, the side, and for experts the expert index."""
+    """A resolved site: the module to hook, the side, for experts the expert index, and for module sites which
+    positional argument or tuple element carries the activation."""
 
     site: Site
     module: nn.Module
     side: Side
     expert: int | None = None
     experts_layout: str | None = None
+    element: int = 0
 
 
 class Anatomy:
@@ -145,6 +152,8 @@ class Anatomy:
     def point(self, site: str | Site) -> HookPoint:
         """Resolve one site to its module and side; names the valid range or the available sites on error."""
         s = Site.parse(site)
+        if s.kind == MODULE:
+            return self._module_point(s)
         if s.kind == "embed":
             module = _get(self.root, self.family.embed.path)
             if module is None:
@@ -175,6 +184,30 @@ class Anatomy:
             available = ", ".join(str(x) for x in self._block_sites(s.layer))
             raise ActkitError(f"site {s} is not available in {type(self.model).__name__}; block {s.layer} has: {available}")
         return HookPoint(s, module, hook.side)
+
+    def _module_point(self, s: Site) -> HookPoint:
+        assert s.path is not None and s.side in ("input", "output")
+        module = _get(self.model, s.path)
+        if module is None:
+            names = [name for name, _ in self.model.named_modules() if name]
+            close = difflib.get_close_matches(s.path, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
+                "; list the paths with [name for name, _ in model.named_modules()]")
+            raise ActkitError(f"site {s}: {type(self.model).__name__} has no submodule {s.path!r}{hint}")
+        return HookPoint(s, module, "input" if s.side == "input" else "output", element=s.element)
+
+    def _expand_modules(self, pattern: Site) -> list[Site]:
+        """Module sites whose path matches a pattern with ``*`` components (``model.layers.*.mlp``)."""
+        assert pattern.path is not None and pattern.side is not None
+        parts = pattern.path.split(".")
+        out = []
+        for name, _ in self.model.named_modules():
+            pieces = name.split(".")
+            if name and len(pieces) == len(parts) and all(fnmatchcase(a, b) for a, b in zip(pieces, parts, strict=True)):
+                out.append(Site.module(name, pattern.side, pattern.element))
+        if not out:
+            raise ActkitError(f"pattern {str(pattern)!r} matches no submodule of {type(self.model).__name__}")
+        return out
 
     def _expert_point(self, s: Site, block: nn.Module) -> HookPoint:
         spec = self.family.experts
@@ -215,6 +248,9 @@ class Anatomy:
         out: list[Site] = []
         for item in items:
             text = str(item)
+            if text.startswith(MODULE + ":") and "*" in text:
+                out += self._expand_modules(Site.parse(text))
+                continue
             if "*" not in text:
                 site = Site.parse(text)
                 self.point(site)

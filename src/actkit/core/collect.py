@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from actkit.core.anatomy import Anatomy
@@ -187,7 +188,13 @@ def token_batches(
                          torch.tensor([c.offset for c in batch]))
 
 
-def _finite_guard(site: str, where: dict[str, int]) -> Callable[[torch.Tensor, torch.Tensor, StepContext], None]:
+def finite_guard(site: str, where: dict[str, int]) -> Callable[[torch.Tensor, torch.Tensor, StepContext], None]:
+    """A read that raises a clear `ActkitError` on NaN or inf at `site` (what `collect(check_finite=True)` adds).
+
+    Arguments:
+        site: the site's name, for the message.
+        where: ``{"batch": i, "document": j}``, updated by the caller before each batch, for the message.
+    """
     def check(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> None:
         # a NaN or inf anywhere in a token's vector makes its sum non-finite: one cheap pass, no row copy
         if not bool(torch.isfinite(x.detach().sum(dim=-1, dtype=torch.float32)[mask]).all()):
@@ -244,7 +251,7 @@ def collect(
     made = {site: {name: factory() for name, factory in reducers.items()} for site in resolved}
     where = {"batch": 0, "document": 0}
     reads: dict[str, list[Read]] = {
-        site: [Read(r, pos) for r in made[site].values()] + ([Read(_finite_guard(site, where))] if check_finite else [])
+        site: [Read(r, pos) for r in made[site].values()] + ([Read(finite_guard(site, where))] if check_finite else [])
         for site in resolved
     }
     total_docs = len(texts) if isinstance(texts, Sequence) else None
@@ -269,6 +276,55 @@ def collect(
     if tokens == 0:
         raise ActkitError("no tokens to read: the texts are empty or shorter than one token")
     return Collection(made, tokens, documents, batches, resolved)
+
+
+def next_token_nll(
+    model: nn.Module,
+    texts: Sequence[str] | Iterable[str],
+    tokenizer: Any,
+    *,
+    limit: int | None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    split: bool = True,
+    progress: bool = False,
+) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood (nats) of `model` on `texts`: the one loss of actkit.
+
+    The rows are `token_batches`' (see there for `limit`, `max_tokens` and `split`); every real token that has a
+    real successor in its row is scored, in float32, one row at a time (a float32 copy of a whole batch of
+    logits can be large), and the sums are added in float64. Runs under any active `tap`, so an edited model is
+    scored the same way as a plain one.
+
+    Returns:
+        (summed NLL, number of scored tokens); the sum is inf or NaN when the logits overflow.
+    """
+    if max_tokens is not None and max_tokens <= 0:
+        raise ActkitError(f"max_tokens must be a positive number of tokens (got {max_tokens})")
+    device = next(model.parameters()).device
+    total, count, documents, tokens = 0.0, 0, 0, 0
+    bar = _progress(progress, len(texts) if isinstance(texts, Sequence) else None, max_tokens)
+    try:
+        for batch in token_batches(texts, tokenizer, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
+                                   split=split):
+            ids, mask = batch.ids.to(device), batch.mask.to(device)
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
+            scored = mask[:, :-1] & mask[:, 1:]
+            target = ids[:, 1:].masked_fill(~scored, -100)
+            for row in range(ids.shape[0]):
+                if bool(scored[row].any()):
+                    total += float(F.cross_entropy(logits[row, :-1].float(), target[row], ignore_index=-100,
+                                                   reduction="sum"))
+            count += int(scored.sum())
+            tokens += batch.tokens
+            documents = max(documents, int(batch.documents[-1]) + 1)
+            if bar is not None:
+                bar.update(documents, tokens)
+    finally:
+        if bar is not None:
+            bar.close()
+    return total, count
 
 
 class _Bar:
@@ -297,4 +353,5 @@ def _progress(enabled: bool, total_docs: int | None, max_tokens: int | None) -> 
     return _Bar(total_docs, max_tokens) if enabled else None
 
 
-__all__ = ["Collection", "TokenBatch", "collect", "context_length", "read_texts", "token_batches"]
+__all__ = ["Collection", "TokenBatch", "collect", "context_length", "finite_guard", "next_token_nll", "read_texts",
+           "token_batches"]

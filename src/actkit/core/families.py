@@ -48,14 +48,15 @@ register_family(
     )
 )
 
-for _name, _types in [
-    ("mixtral", ("mixtral",)),
-    ("qwen2_moe", ("qwen2_moe",)),
-    ("qwen3_moe", ("qwen3_moe",)),
-    ("olmoe", ("olmoe",)),
+# Qwen2-MoE runs a shared expert (a GLU MLP) beside the routed ones; its down projection writes to the residual.
+for _name, _types, _experts in [
+    ("mixtral", ("mixtral",), Experts()),
+    ("qwen2_moe", ("qwen2_moe",), Experts(shared_down="mlp.shared_expert.down_proj")),
+    ("qwen3_moe", ("qwen3_moe",), Experts()),
+    ("olmoe", ("olmoe",), Experts()),
 ]:
     register_family(
-        Family(_name, _types, layers="layers", embed=Hook("embed_tokens"), block=_MOE_BLOCK, experts=Experts())
+        Family(_name, _types, layers="layers", embed=Hook("embed_tokens"), block=_MOE_BLOCK, experts=_experts)
     )
 
 # GPT-2: Conv1D weights are stored [in, out]; the MLP's down projection is `c_proj`.

@@ -3,7 +3,8 @@
 ``tap(model, read={...}, write={...})`` registers one PyTorch hook per touched module, plus one pre-hook on the
 text model that works out, for every forward pass, each token's absolute position (left or right padding and
 KV-cache decode steps included) and each row's prompt length. Reads and writes then select tokens by `Positions`
-rules on those absolute positions. Hooks are removed when the block exits, exception or not; parameters are never
+rules on those absolute positions. Named sites (``resid_post.3``) and module sites (``module:PATH:input``, any
+submodule) go through the same hooks. Hooks are removed when the block exits, exception or not; parameters are never
 touched; writes return new tensors, so the same code serves inference and autograd (attribution patching).
 """
 
@@ -27,7 +28,8 @@ from actkit.errors import ActkitError
 
 #: Sites whose values are derived rather than carried by the forward pass, so writing them would change nothing.
 READ_ONLY = {"expert_out": "per-expert outputs are recomputed from the fused weights",
-             "router": "routing is decided inside the router; write the router's input or use the expert tools"}
+             "router": "routing is decided inside the router from these logits; write its choice at the router's "
+                       "module site instead (module:PATH:output.1 for the top-k weights, output.2 for the indices)"}
 
 
 @dataclass
@@ -156,12 +158,19 @@ def _parameter_names(module: nn.Module) -> list[str]:
 
 @dataclass
 class _Group:
-    """Everything hooked at one (module, side): writes first, in site order, then reads."""
+    """Everything hooked at one (module, side): per element (positional argument or tuple element, in order),
+    writes first, in site order, then reads; so a write at element k may use what a read at an earlier one saw."""
 
     point: HookPoint
     writes: list[tuple[Site, Intervention]] = field(default_factory=list)
     reads: list[tuple[Site, Read]] = field(default_factory=list)
     experts: list[tuple[Site, Read]] = field(default_factory=list)
+
+    def plan(self) -> list[tuple[int, list[tuple[Site, Intervention]], list[tuple[Site, Read]]]]:
+        """(element, its writes, its reads) for every element touched, in element order."""
+        elements = sorted({s.element for s, _ in self.writes} | {s.element for s, _ in self.reads})
+        return [(e, [w for w in self.writes if w[0].element == e], [r for r in self.reads if r[0].element == e])
+                for e in elements]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -186,50 +195,85 @@ def _shape_for(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, tuple[i
     raise ActkitError(f"activation of shape {tuple(x.shape)} does not match the batch {batch} x {length} tokens")
 
 
+def _tensor(value: Any, site: Site, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ActkitError(f"site {site}: {what} is a {type(value).__name__}, not a tensor; choose another element")
+    return value
+
+
+def _output_element(module: nn.Module, output: Any, element: int, site: Site, write: bool) -> torch.Tensor:
+    """Element `element` of a module's output: the output itself when it is a tensor, else a tuple element."""
+    if isinstance(output, torch.Tensor):
+        if element:
+            raise ActkitError(f"site {site}: {type(module).__name__} returns one tensor, not a tuple; use the side "
+                              "'output' without an element")
+        return output
+    if write and not isinstance(output, (tuple, list)):
+        raise ActkitError(f"site {site}: {type(module).__name__} returns a {type(output).__name__}; only tensor and "
+                          "tuple outputs can be written: write a site inside it")
+    try:
+        value = output[element]
+    except (IndexError, KeyError, TypeError):
+        raise ActkitError(f"site {site}: the output of {type(module).__name__} has no element {element}") from None
+    return _tensor(value, site, f"element {element} of the output of {type(module).__name__}")
+
+
 class _Hooks:
     def __init__(self, state: Tap, groups: list[_Group]):
         self.state = state
         self.groups = groups
 
     def make(self, group: _Group) -> Callable[..., Any]:
+        plan = group.plan()
         if group.point.side == "output":
             def on_output(module: nn.Module, args: tuple, output: Any) -> Any:
-                x = output if isinstance(output, torch.Tensor) else output[0]
-                new = self.process(group, x)
-                if new is x:
-                    return None
-                return new if isinstance(output, torch.Tensor) else (new, *output[1:])
+                if isinstance(output, torch.Tensor) and len(plan) == 1 and plan[0][0] == 0:
+                    new = self.process(plan[0][1], plan[0][2], output)
+                    return None if new is output else new
+                items = output
+                for element, writes, reads in plan:
+                    x = _output_element(module, items, element, (writes or reads)[0][0], bool(writes))
+                    new = self.process(writes, reads, x)
+                    if new is not x:
+                        items = type(output)((*items[:element], new, *items[element + 1:]))
+                return None if items is output else items
             return on_output
 
         def on_input(module: nn.Module, args: tuple, kwargs: dict) -> Any:
             if group.experts:
                 self.read_experts(group, module, args, kwargs)
-            if not (group.reads or group.writes):
-                return None
-            if args:
-                x = args[0]
-            elif "hidden_states" in kwargs:
-                x = kwargs["hidden_states"]
-            else:
-                raise ActkitError(f"cannot find the input of {type(module).__name__} for site {group.point.site}")
-            new = self.process(group, x)
-            if new is x:
-                return None
-            if args:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
+            changed = False
+            for element, writes, reads in plan:
+                site = (writes or reads)[0][0]
+                if len(args) > element:
+                    x = _tensor(args[element], site, f"positional argument {element}")
+                elif element == 0 and "hidden_states" in kwargs:
+                    x = _tensor(kwargs["hidden_states"], site, "the hidden_states argument")
+                else:
+                    raise ActkitError(f"cannot find the input of {type(module).__name__} for site {site}: it was "
+                                      f"called with {len(args)} positional arguments and keywords {sorted(kwargs)}")
+                new = self.process(writes, reads, x)
+                if new is x:
+                    continue
+                changed = True
+                if len(args) > element:
+                    args = (*args[:element], new, *args[element + 1:])
+                else:
+                    kwargs = {**kwargs, "hidden_states": new}
+            return (args, kwargs) if changed else None
         return on_input
 
-    def process(self, group: _Group, x: torch.Tensor) -> torch.Tensor:
+    def process(self, writes: list[tuple[Site, Intervention]], reads: list[tuple[Site, Read]],
+                x: torch.Tensor) -> torch.Tensor:
         ctx = self.state.context or self.state.fallback_context(x)
         view, flat_shape, ctx = _shape_for(x, ctx)
         out = view
-        for site, intervention in group.writes:
+        for site, intervention in writes:
             try:
                 out = intervention(out, intervention.positions.mask(ctx), ctx)
             except ActkitError as error:
                 raise ActkitError(f"writing {site}: {error}") from None
-        for _site, read in group.reads:
+        for _site, read in reads:
             read(out, ctx)
         if out is view:
             return x
@@ -268,7 +312,8 @@ def tap(
 
     Arguments:
         model: a Hugging Face model of a family in the anatomy.
-        read: site -> a reducer, a function ``fn(x, mask, ctx)``, a `Read` (sink and positions) or a list of them.
+        read: site (named, ``"resid_post.3"``, or a module site, ``"module:model.layers.3.mlp:input"``; see
+            `actkit.core.sites`) -> a reducer, a function ``fn(x, mask, ctx)``, a `Read` (sink and positions) or a list of them.
             Reads at a site see its value after that site's writes.
         write: site -> an `Intervention` (with its own positions) or a list of them, applied in order.
         prompt_lengths: (B,) prompt length per row, when the default (the first pass without a cache is the

@@ -1,8 +1,17 @@
 """Sites name *what* an activation is, independent of where a given architecture keeps it.
 
-Grammar: ``kind`` for model-wide sites (``embed``, ``logits``), ``kind.LAYER`` for per-block sites
-(``resid_post.12``) and ``kind.LAYER.EXPERT`` for per-expert sites (``expert_out.5.7``). A ``*`` in the layer
+Grammar, for the named sites: ``kind`` for model-wide sites (``embed``, ``logits``), ``kind.LAYER`` for per-block
+sites (``resid_post.12``) and ``kind.LAYER.EXPERT`` for per-expert sites (``expert_out.5.7``). A ``*`` in the layer
 or expert slot is a pattern that `Anatomy.expand` turns into every matching site.
+
+Any submodule is a site too: ``module:PATH:SIDE``, where PATH is what ``model.get_submodule`` takes
+(``model.layers.3.mlp.shared_expert.down_proj``; empty for the model itself) and SIDE is ``input`` (the first
+positional argument, or the ``hidden_states`` keyword) or ``output`` (the output, or the first element of a tuple
+output). ``input.K`` and ``output.K`` name positional argument K and element K of a tuple output: a transformers 5
+MoE router returns ``(logits, top-k weights, top-k indices)``, so ``module:model.layers.0.mlp.gate:output.2`` holds
+the experts it picked. A ``*`` in a path component (``module:model.layers.*.mlp.down_proj:input``) is a pattern.
+Module sites share the hook engine with the named sites: positions, padding, KV-cache decode and per-row writes
+behave the same way.
 """
 
 from __future__ import annotations
@@ -27,28 +36,54 @@ SITE_KINDS: dict[str, tuple[int, str]] = {
     "logits": (0, "final logits (B, T, V)"),
 }
 
+#: The kind of a site given by module path; `Site.path` and `Site.side` hold the rest.
+MODULE = "module"
+_MODULE_FORM = "module:PATH:input or module:PATH:output (for example 'module:model.layers.3.mlp.down_proj:input')"
+
 
 @dataclass(frozen=True, order=True)
 class Site:
-    """One activation site: a kind, and a block (and expert) index where the kind needs them."""
+    """One activation site: a kind, and a block (and expert) index where the kind needs them.
+
+    A module site (kind ``"module"``) holds instead the module's `path`, its `side` (``"input"`` or ``"output"``)
+    and which positional argument or tuple element (`element`) carries the activation.
+    """
 
     kind: str
     layer: int | None = None
     expert: int | None = None
+    path: str | None = None
+    side: str | None = None
+    element: int = 0
 
     def __str__(self) -> str:
+        if self.kind == MODULE:
+            return f"{MODULE}:{self.path}:{self.side}" + (f".{self.element}" if self.element else "")
         parts = [self.kind] + [str(i) for i in (self.layer, self.expert) if i is not None]
         return ".".join(parts)
 
     @classmethod
+    def module(cls, path: str, side: str = "output", element: int = 0) -> Site:
+        """The site at a submodule's input or output: ``Site.module("model.layers.3.mlp", "input")``."""
+        if side not in ("input", "output"):
+            raise ActkitError(f"module site {path!r}: side must be 'input' or 'output', got {side!r}")
+        if element < 0:
+            raise ActkitError(f"module site {path!r}: the element index must be non-negative, got {element}")
+        return cls(MODULE, path=path.strip(), side=side, element=element)
+
+    @classmethod
     def parse(cls, text: str | Site) -> Site:
-        """Parse ``"resid_post.12"`` into a `Site`; raises `ActkitError` with the grammar on bad input."""
+        """Parse ``"resid_post.12"`` or ``"module:PATH:input"`` into a `Site`; a clear `ActkitError` on bad input."""
         if isinstance(text, Site):
             return text
-        parts = str(text).strip().split(".")
+        raw_text = str(text).strip()
+        if raw_text.startswith(MODULE + ":"):
+            return _parse_module(raw_text)
+        parts = raw_text.split(".")
         kind, raw = parts[0], parts[1:]
         if kind not in SITE_KINDS:
-            raise ActkitError(f"unknown site kind {kind!r} in {text!r}; valid kinds: {', '.join(SITE_KINDS)}")
+            raise ActkitError(f"unknown site kind {kind!r} in {text!r}; valid kinds: {', '.join(SITE_KINDS)}, or "
+                              f"{_MODULE_FORM}")
         arity = SITE_KINDS[kind][0]
         if len(raw) != arity:
             form = {0: kind, 1: f"{kind}.LAYER", 2: f"{kind}.LAYER.EXPERT"}[arity]
@@ -59,12 +94,24 @@ class Site:
             raise ActkitError(f"site {text!r}: indices must be integers, as in {_example(kind)!r}") from None
         if any(i < 0 for i in idx):
             raise ActkitError(f"site {text!r}: indices must be non-negative")
-        return cls(kind, *idx)
+        return cls(kind, idx[0] if idx else None, idx[1] if len(idx) > 1 else None)
 
 
-def is_pattern(text: str) -> bool:
-    """Whether a site string holds a ``*`` wildcard (``"resid_post.*"``, ``"expert_out.3.*"``)."""
-    return "*" in text
+def _parse_module(text: str) -> Site:
+    body = text[len(MODULE) + 1:]
+    path, sep, side = body.rpartition(":")
+    if not sep:
+        raise ActkitError(f"site {text!r} should look like {_MODULE_FORM}")
+    base, dot, index = side.partition(".")
+    if base not in ("input", "output"):
+        raise ActkitError(f"site {text!r}: the side {side!r} must be input, output, input.K or output.K; "
+                          f"a module site looks like {_MODULE_FORM}")
+    element = 0
+    if dot:
+        if not index.isdigit():
+            raise ActkitError(f"site {text!r}: {side!r} needs a non-negative integer after the dot, as in 'output.1'")
+        element = int(index)
+    return Site.module(path, base, element)
 
 
 def _example(kind: str) -> str:

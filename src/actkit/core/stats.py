@@ -33,11 +33,14 @@ __all__ = [
     "ActiveFraction",
     "BaseReducer",
     "Covariance",
+    "MagnitudeHistogram",
     "Mean",
     "Moments",
     "NormHistogram",
     "Reducer",
+    "RouterStats",
     "TopK",
+    "check_activations",
     "masked_rows",
 ]
 
@@ -665,3 +668,90 @@ class TopK(BaseReducer):
             "positions": loc[1],
             "dims": loc[2],
         }
+
+
+def check_activations(name: str, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Raise a clear `ActkitError` for activations a reducer cannot fold in (`name` says which reducer)."""
+    if not x.is_floating_point():
+        raise ActkitError(f"{name}: activations must be a real floating tensor, got {x.dtype}")
+    if x.ndim == 0:
+        raise ActkitError(f"{name}: activations must have a feature dimension, got a 0-d tensor")
+    if mask is not None and tuple(mask.shape) != tuple(x.shape[:-1]):
+        raise ActkitError(f"{name}: mask shape {tuple(mask.shape)} does not match the activations' token shape "
+                          f"{tuple(x.shape[:-1])}")
+
+
+class MagnitudeHistogram(NormHistogram):
+    """Distribution of the magnitudes |x| of individual entries (every channel of every token).
+
+    Massive activations are defined against the median magnitude of a layer's entries (Sun et al., 2024), and
+    an exact median would need every entry. Each entry is treated as a one-channel vector and folded into the
+    core's log-spaced `NormHistogram`, so the median is known to about 0.1% in a fixed 32k-bin state.
+
+    Returns (from `result()`):
+        `NormHistogram`'s keys over entries: `count` (entries, not tokens), `mean`, `std`, `min`, `max`, `p50`,
+        `p90`, `p99`.
+    """
+
+    def update(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, where: torch.Tensor | None = None
+    ) -> None:
+        check_activations(type(self).__name__, x, mask)
+        entries = x.detach()[..., None]
+        keep = None if mask is None else mask.bool()[..., None].expand(x.shape)
+        super().update(entries, keep)
+
+
+class RouterStats(BaseReducer):
+    """Expert load and routing entropy of an MoE router, from its logits (the ``router.i`` site).
+
+    Load collapse (a few experts taking most tokens) and routing confidence are what expert pruning and merging
+    (REAP and its kin) have to read first. The router's own choice is recomputed as the top `top_k` of the
+    softmax, which is what every fused-experts family in the anatomy does.
+
+    Arguments:
+        top_k: experts per token.
+
+    Returns (from `result()`):
+        `{"count": tokens, "experts": E, "top_k": k, "load": (E,) float64 fraction of all top-k assignments,
+        "entropy_mean": mean over tokens of the entropy (nats) of the softmax router distribution,
+        "load_entropy": entropy (nats) of the load, "entropy_max": log E (the uniform value)}`.
+    """
+
+    def __init__(self, top_k: int) -> None:
+        super().__init__()
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ActkitError(f"RouterStats top_k must be a positive integer, got {top_k!r}")
+        self.top_k = top_k
+        self._counts = torch.zeros(0, dtype=_F64)
+        self._entropy = 0.0
+
+    def _config(self) -> tuple[Any, ...]:
+        return (self.top_k,)
+
+    def _init_state(self, d: int) -> None:
+        if d < self.top_k:
+            raise ActkitError(f"RouterStats: top_k {self.top_k} exceeds the {d} experts of the router")
+        self._counts = torch.zeros(d, dtype=_F64)
+
+    def _accumulate(self, rows: torch.Tensor) -> None:
+        logp = torch.log_softmax(rows.float() if rows.dtype != _F64 else rows, dim=-1)
+        entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
+        chosen = logp.topk(self.top_k, dim=-1).indices.reshape(-1)
+        self._counts += torch.bincount(chosen, minlength=rows.shape[1]).to("cpu", _F64)
+        self._entropy += float(entropy.to("cpu", _F64).sum())
+
+    def _merge_state(self, other: RouterStats) -> None:
+        self._counts += other._counts
+        self._entropy += other._entropy
+
+    def result(self) -> dict[str, Any]:
+        experts = int(self._counts.numel())
+        if self.count == 0:
+            return {"count": 0, "experts": experts, "top_k": self.top_k, "load": torch.full_like(self._counts, _NAN),
+                    "entropy_mean": _NAN, "load_entropy": _NAN, "entropy_max": math.log(experts) if experts else _NAN}
+        load = self._counts / self._counts.sum()
+        nz = load[load > 0]
+        return {"count": self.count, "experts": experts, "top_k": self.top_k, "load": load,
+                "entropy_mean": self._entropy / self.count, "load_entropy": float(-(nz * nz.log()).sum()),
+                "entropy_max": math.log(experts)}

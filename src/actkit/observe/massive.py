@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from actkit.core.collect import collect
+from actkit.core.collect import context_length, next_token_nll
 from actkit.core.hooks import tap
 from actkit.core.interventions import Intervention
 from actkit.core.positions import StepContext
@@ -137,56 +136,23 @@ class ReplaceMassive(Intervention):
         return x.index_copy(-1, index, new)
 
 
-class _NextTokenLoss:
-    """Summed next-token NLL of a pass, read at the ``logits`` site; ``ids`` is set before each forward.
-
-    Every real token that has a real successor in its chunk is scored, so the tokens are those `collect` reads
-    (same chunks, same budget) and the numbers are comparable between passes.
-    """
-
-    def __init__(self) -> None:
-        self.ids: torch.Tensor | None = None
-        self.total = 0.0
-        self.count = 0
-
-    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None, where: torch.Tensor | None = None) -> None:
-        if self.ids is None or mask is None or x.shape[:2] != self.ids.shape:
-            raise ActkitError("perplexity needs the input ids and the logits of every token of the pass")
-        ok = mask[:, :-1].bool() & mask[:, 1:].bool()
-        target = self.ids[:, 1:].to(x.device).masked_fill(~ok, -100)
-        for row in range(x.shape[0]):  # one row at a time: a float32 copy of all logits can be large
-            if bool(ok[row].any()):
-                self.total += float(F.cross_entropy(x[row, :-1].float(), target[row], ignore_index=-100,
-                                                    reduction="sum"))
-        self.count += int(ok.sum())
-
-
 def next_token_loss(model: nn.Module, tokenizer: Any, texts: Sequence[str] | Iterable[str], *,
                     read: dict[str, Any] | None = None, write: dict[str, Any] | None = None,
                     max_tokens: int | None = None, batch_size: int = 8, progress: bool = False) -> tuple[float, int]:
     """Mean next-token NLL (nats) of `model` on `texts` while `tap` reads and writes are active.
 
-    The tokens are `collect`'s (same chunks, same budget), so a profile and its intervention score the same text.
+    The tokens are `collect`'s (same chunks, same budget), so a profile and its intervention score the same text;
+    the loss is the core's `actkit.core.collect.next_token_nll`.
 
     Returns:
         (mean NLL, number of scored tokens); the NLL is inf or NaN when an edit makes the logits overflow.
     """
-    loss = _NextTokenLoss()
-
-    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        loss.ids = ids.detach() if isinstance(ids, torch.Tensor) else None
-
-    handle = model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        with tap(model, read=read or {}, write=write or {}):
-            collect(model, texts, "logits", {"nll": lambda: loss}, tokenizer=tokenizer, batch_size=batch_size,
-                    max_tokens=max_tokens, check_finite=False, progress=progress)
-    finally:
-        handle.remove()
-    if loss.count == 0:
+    with tap(model, read=read or {}, write=write or {}):
+        total, count = next_token_nll(model, texts, tokenizer, limit=context_length(model, tokenizer),
+                                      batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+    if count == 0:
         raise ActkitError("no token to score: every chunk of the text is a single token")
-    return loss.total / loss.count, loss.count
+    return total / count, count
 
 
 def _perplexity(nll: float) -> float:

@@ -27,19 +27,13 @@ from actkit.core.anatomy import Anatomy
 from actkit.core.collect import Collection, collect
 from actkit.core.hooks import tap
 from actkit.core.sites import Site
-from actkit.core.stats import Moments, NormHistogram, TopK
+from actkit.core.stats import MagnitudeHistogram, Moments, NormHistogram, RouterStats, TopK
 from actkit.errors import ActkitError
 from actkit.io import check_writable, make_folder, publish, staging, to_json
 from actkit.models import naming
 from actkit.observe.attention import NOT_CALLED, AttentionLogitMax, attention_probe
 from actkit.observe.massive import RATIOS, TokenLookup, intervene, massive_entries
-from actkit.observe.reducers import (
-    ChannelPeak,
-    LogPartition,
-    MagnitudeHistogram,
-    RelativeActivity,
-    RouterStats,
-)
+from actkit.observe.reducers import ChannelPeak, LogPartition, RelativeActivity
 
 PROFILE_FILE = "profile.json"
 

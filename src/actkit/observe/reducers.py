@@ -1,17 +1,16 @@
-"""The observe pillar's streaming reducers: the statistics a profile needs that the core does not keep.
+"""The observe pillar's streaming reducers: the statistics a profile needs that no other pillar uses.
 
 Each follows the core protocol (`update(x, mask, where)`, `merge(other)`, `result()`, float64 state whose size
 does not depend on the number of tokens; see `actkit.core.stats`) and builds on a core reducer where one fits:
 
-- `MagnitudeHistogram`: the distribution of |x| over *entries* (token x channel), for the median magnitude
-  against which massive activations are measured; a `NormHistogram` of one-channel vectors.
 - `ChannelPeak`: per channel, the largest |x| and where it occurred, so that every channel that ever carries
   a massive activation is found even when a few channels fill the global `TopK`.
 - `RelativeActivity`: per-neuron activation frequency of an MLP hidden layer with a scale-free threshold,
   an `ActiveFraction` of the token-normalised activations.
 - `LogPartition`: log Z = logsumexp of each token's logits.
-- `RouterStats`: expert load (fraction of top-k assignments) and routing entropy of an MoE router.
 - `ConditionalMean`: the mean of chosen channels over the tokens where they exceed a threshold.
+
+`MagnitudeHistogram` and `RouterStats`, which compress uses too, live in `actkit.core.stats`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from actkit.core.stats import ActiveFraction, BaseReducer, NormHistogram, masked_rows
+from actkit.core.stats import ActiveFraction, BaseReducer, check_activations, masked_rows
 from actkit.errors import ActkitError
 
 _F64 = torch.float64
@@ -31,41 +30,8 @@ __all__ = [
     "ChannelPeak",
     "ConditionalMean",
     "LogPartition",
-    "MagnitudeHistogram",
     "RelativeActivity",
-    "RouterStats",
 ]
-
-
-def _check(name: str, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-    if not x.is_floating_point():
-        raise ActkitError(f"{name}: activations must be a real floating tensor, got {x.dtype}")
-    if x.ndim == 0:
-        raise ActkitError(f"{name}: activations must have a feature dimension, got a 0-d tensor")
-    if mask is not None and tuple(mask.shape) != tuple(x.shape[:-1]):
-        raise ActkitError(f"{name}: mask shape {tuple(mask.shape)} does not match the activations' token shape "
-                          f"{tuple(x.shape[:-1])}")
-
-
-class MagnitudeHistogram(NormHistogram):
-    """Distribution of the magnitudes |x| of individual entries (every channel of every token).
-
-    Massive activations are defined against the median magnitude of a layer's entries (Sun et al., 2024), and
-    an exact median would need every entry. Each entry is treated as a one-channel vector and folded into the
-    core's log-spaced `NormHistogram`, so the median is known to about 0.1% in a fixed 32k-bin state.
-
-    Returns (from `result()`):
-        `NormHistogram`'s keys over entries: `count` (entries, not tokens), `mean`, `std`, `min`, `max`, `p50`,
-        `p90`, `p99`.
-    """
-
-    def update(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, where: torch.Tensor | None = None
-    ) -> None:
-        _check(type(self).__name__, x, mask)
-        entries = x.detach()[..., None]
-        keep = None if mask is None else mask.bool()[..., None].expand(x.shape)
-        super().update(entries, keep)
 
 
 class ChannelPeak(BaseReducer):
@@ -174,7 +140,7 @@ class LogPartition(BaseReducer):
     def update(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, where: torch.Tensor | None = None
     ) -> None:
-        _check(type(self).__name__, x, mask)
+        check_activations(type(self).__name__, x, mask)
         self._set_d(int(x.shape[-1]))
         work = x.detach() if x.dtype == _F64 else x.detach().float()
         lse = torch.logsumexp(work, dim=-1)
@@ -210,61 +176,6 @@ class LogPartition(BaseReducer):
             return {"count": 0, "mean": _NAN, "std": _NAN, "min": _NAN, "max": _NAN}
         return {"count": self.count, "mean": self._mean, "std": math.sqrt(self._m2 / self.count),
                 "min": self._min, "max": self._max}
-
-
-class RouterStats(BaseReducer):
-    """Expert load and routing entropy of an MoE router, from its logits (the ``router.i`` site).
-
-    Load collapse (a few experts taking most tokens) and routing confidence are what expert pruning and merging
-    (REAP and its kin) have to read first. The router's own choice is recomputed as the top `top_k` of the
-    softmax, which is what every fused-experts family in the anatomy does.
-
-    Arguments:
-        top_k: experts per token.
-
-    Returns (from `result()`):
-        `{"count": tokens, "experts": E, "top_k": k, "load": (E,) float64 fraction of all top-k assignments,
-        "entropy_mean": mean over tokens of the entropy (nats) of the softmax router distribution,
-        "load_entropy": entropy (nats) of the load, "entropy_max": log E (the uniform value)}`.
-    """
-
-    def __init__(self, top_k: int) -> None:
-        super().__init__()
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ActkitError(f"RouterStats top_k must be a positive integer, got {top_k!r}")
-        self.top_k = top_k
-        self._counts = torch.zeros(0, dtype=_F64)
-        self._entropy = 0.0
-
-    def _config(self) -> tuple[Any, ...]:
-        return (self.top_k,)
-
-    def _init_state(self, d: int) -> None:
-        if d < self.top_k:
-            raise ActkitError(f"RouterStats: top_k {self.top_k} exceeds the {d} experts of the router")
-        self._counts = torch.zeros(d, dtype=_F64)
-
-    def _accumulate(self, rows: torch.Tensor) -> None:
-        logp = torch.log_softmax(rows.float() if rows.dtype != _F64 else rows, dim=-1)
-        entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
-        chosen = logp.topk(self.top_k, dim=-1).indices.reshape(-1)
-        self._counts += torch.bincount(chosen, minlength=rows.shape[1]).to("cpu", _F64)
-        self._entropy += float(entropy.to("cpu", _F64).sum())
-
-    def _merge_state(self, other: RouterStats) -> None:
-        self._counts += other._counts
-        self._entropy += other._entropy
-
-    def result(self) -> dict[str, Any]:
-        experts = int(self._counts.numel())
-        if self.count == 0:
-            return {"count": 0, "experts": experts, "top_k": self.top_k, "load": torch.full_like(self._counts, _NAN),
-                    "entropy_mean": _NAN, "load_entropy": _NAN, "entropy_max": math.log(experts) if experts else _NAN}
-        load = self._counts / self._counts.sum()
-        nz = load[load > 0]
-        return {"count": self.count, "experts": experts, "top_k": self.top_k, "load": load,
-                "entropy_mean": self._entropy / self.count, "load_entropy": float(-(nz * nz.log()).sum()),
-                "entropy_max": math.log(experts)}
 
 
 class ConditionalMean(BaseReducer):

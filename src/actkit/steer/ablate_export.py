@@ -10,9 +10,9 @@ The same model can be had without hooks by orthogonalizing every matrix that wri
   ``E <- E - (E r^) r^T``.
 
 Then no block can add anything along r^, so every residual state is orthogonal to it, as with runtime ablation.
-The writers are found from the anatomy: the module behind each ``attn_out.i`` / ``mlp_out.i`` site and, inside
-it, the linear layers named like an output projection (``o_proj``, ``c_proj``, ``dense``, ``out_proj``,
-``down_proj``, ``dense_4h_to_h``, ``fc2``, ``wo``) whose output is the hidden size, plus fused experts.
+The writers are found from the anatomy: inside the module behind each ``attn_out.i`` / ``mlp_out.i`` site, the
+linear layers the core's enumeration marks as residual writers (`actkit.core.linears`: the attention output
+projection, the MLP's down projection, a shared expert's down projection), plus fused experts.
 An output head tied to the embeddings is untied first (the head must keep reading the full vocabulary).
 Families whose branch output passes through a norm before the residual (Gemma 2/3's sandwich norms) and
 post-norm encoders have no exact weight equivalent and are refused. The export is checked against runtime
@@ -31,6 +31,7 @@ from torch import nn
 
 from actkit.core.anatomy import Anatomy, output_head
 from actkit.core.hooks import tap
+from actkit.core.linears import is_linear, linears
 from actkit.errors import ActkitError
 from actkit.io import check_output_folder
 from actkit.models.checkpoint import save_checkpoint
@@ -38,8 +39,6 @@ from actkit.steer.interventions import ablation_everywhere
 from actkit.steer.vectors import SteeringVector, model_name
 
 ABLATION_FILE = "ablation.json"
-#: Leaf names of the linear layers that write a branch's output to the residual stream.
-OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj", "down_proj", "dense_4h_to_h", "fc2", "wo")
 
 
 def _unit_direction(direction: torch.Tensor | SteeringVector, layer: int | None, width: int) -> torch.Tensor:
@@ -61,31 +60,12 @@ def _unit_direction(direction: torch.Tensor | SteeringVector, layer: int | None,
 
 
 def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    return is_linear(module) and not isinstance(module, nn.Linear)
 
 
-def _out_features(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    weight = getattr(module, "weight", None)
-    if _is_conv1d(module) and isinstance(weight, torch.Tensor):
-        return int(weight.shape[1])
-    return None
-
-
-def _writers(branch: nn.Module, width: int) -> list[tuple[str, nn.Module]]:
-    """(relative name, module) of the projections inside `branch` that write its output to the residual."""
-    if _out_features(branch) == width:
-        return [("", branch)]
-    found: list[tuple[str, nn.Module]] = []
-    for name, module in branch.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in OUTPUT_PROJECTIONS and _out_features(module) == width:
-            found.append((name, module))
-        fused = getattr(module, "down_proj", None)
-        if isinstance(fused, nn.Parameter) and fused.dim() == 3 and fused.shape[1] == width:
-            found.append((name, module))
-    return found
+def _writers(branch: nn.Module, writers: set[int], experts: nn.Module | None) -> list[nn.Module]:
+    """The modules inside `branch` that write its output to the residual, in registration order."""
+    return [m for _, m in branch.named_modules() if id(m) in writers or (experts is not None and m is experts)]
 
 
 def residual_writers(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
@@ -101,6 +81,8 @@ def residual_writers(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]
                           "weights; use runtime ablation (ablation_everywhere)")
     width = anatomy.hidden_size
     names = {id(m): n for n, m in model.named_modules()}
+    writers = {id(lin.module) for lin in linears(model) if lin.writer and lin.out_features == width}
+    spec = anatomy.family.experts
     embed = anatomy.point("embed").module
     out: dict[str, list[tuple[str, nn.Module]]] = {"embed": [(names[id(embed)], embed)]}
     for child in anatomy.root.children():
@@ -109,14 +91,15 @@ def residual_writers(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]
     for layer in range(anatomy.n_layers):
         for kind in ("attn_out", "mlp_out"):
             point = anatomy.point(f"{kind}.{layer}")
-            found = _writers(point.module, width)
+            experts = _submodule(anatomy.blocks[layer], spec.path) if spec is not None else None
+            found = _writers(point.module, writers, experts)
             if not found:
                 raise ActkitError(
                     f"cannot bake ablation into {type(model).__name__}: site {kind}.{layer} is the output of "
                     f"{type(point.module).__name__} ({names[id(point.module)]}), which holds no output projection "
                     "(a norm after the branch has no exact weight equivalent); use runtime ablation instead"
                 )
-            out[f"{kind}.{layer}"] = [((names[id(m)]), m) for _, m in found]
+            out[f"{kind}.{layer}"] = [(names[id(m)], m) for m in found]
     return out
 
 
@@ -156,6 +139,13 @@ def _orthogonalize(module: nn.Module, r: torch.Tensor) -> list[str]:
         b = bias.to(torch.float64)
         assign("bias", b - (b @ rr) * rr)
     return changed
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _untie_head(model: nn.Module, embed: nn.Module) -> bool:
@@ -270,4 +260,4 @@ def export_ablated(
                            overwrite=overwrite)
 
 
-__all__ = ["ABLATION_FILE", "OUTPUT_PROJECTIONS", "ablated_copy", "export_ablated", "residual_writers"]
+__all__ = ["ABLATION_FILE", "ablated_copy", "export_ablated", "residual_writers"]

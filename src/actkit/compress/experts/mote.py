@@ -21,8 +21,8 @@ from torch import nn
 from actkit.compress.experts.routing import moe_layers
 from actkit.compress.experts.scores import ExpertId
 from actkit.core.collect import collect
+from actkit.core.stats import RouterStats
 from actkit.errors import ActkitError
-from actkit.observe.reducers import RouterStats
 
 
 def routing_frequency(model: nn.Module, tokenizer: Any, texts: Sequence[str], *,

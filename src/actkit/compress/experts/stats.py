@@ -19,7 +19,7 @@ blocks) without the output head, whose logits no statistic needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from actkit.compress.experts.routing import MoeLayer, moe_layers, route
-from actkit.core.collect import context_length
+from actkit.core.collect import context_length, token_batches
 from actkit.core.experts import expert_output
 from actkit.core.hooks import Read, tap
 from actkit.core.positions import StepContext
@@ -210,9 +210,9 @@ def expert_stats(
     limit = context_length(model, tokenizer)
     with torch.inference_mode(), tap(model, read=reads) as state:
         body = state.anatomy.root  # the blocks are all the statistics need: the output head is skipped
-        for ids, attention in token_batches(texts, tokenizer, batch_size, max_tokens, limit):
+        for batch in token_batches(texts, tokenizer, limit=limit, batch_size=batch_size, max_tokens=max_tokens):
             state.reset()
-            body(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False)
+            body(input_ids=batch.ids.to(device), attention_mask=batch.mask.long().to(device), use_cache=False)
     tokens = observers[0].tokens
     if tokens == 0:
         raise ActkitError("no tokens to route: the calibration texts are empty")
@@ -224,44 +224,4 @@ def expert_stats(
     )
 
 
-def token_batches(texts: Iterable[str], tokenizer: Any, batch_size: int, max_tokens: int | None,
-                  limit: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Right-padded (ids, attention mask) batches of document chunks of at most `limit` tokens.
-
-    The batches `expert_stats` runs; a benchmark runs the plain model over the very same ones.
-    """
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
-    rows: list[list[int]] = []
-    seen = 0
-    for text in texts:
-        ids = list(tokenizer(text)["input_ids"])
-        for start in range(0, len(ids), limit):
-            chunk = ids[start:start + limit]
-            if max_tokens is not None:
-                chunk = chunk[:max_tokens - seen]
-            if not chunk:
-                continue
-            rows.append(chunk)
-            seen += len(chunk)
-            if len(rows) == batch_size:
-                yield _pad(rows, pad)
-                rows = []
-            if max_tokens is not None and seen >= max_tokens:
-                break
-        if max_tokens is not None and seen >= max_tokens:
-            break
-    if rows:
-        yield _pad(rows, pad)
-
-
-def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[i, :len(row)] = 1
-    return ids, attention
-
-
-__all__ = ["SUMS", "ExpertStats", "expert_stats", "token_batches"]
+__all__ = ["SUMS", "ExpertStats", "expert_stats"]

@@ -1,25 +1,29 @@
 """Switch experts off, or force them on, while the model runs (MoTE's expert switching), through the router.
 
 transformers 5 routers return ``(logits, gate weights, expert indices)`` and choose inside their forward, so the
-switch is a forward hook on each affected router that recomputes the choice from the router's own logits with
-`routing.route`: a switched-off expert's logit becomes -inf before the softmax and the top-k (it is never
-chosen, and the other experts' probabilities are what they would be without it, exactly as if it were pruned);
-a forced-on expert takes a top-k place for every token with its own probability as its gate. The logits the
-router returns (and the ``router.i`` site) are left as the router computed them. The hooks exist only inside the
-``with`` block and are removed on exit, exception or not; no parameter is touched.
+switch is a `tap` on each affected router's module site: a read of its logits (element 0) recomputes the choice
+with `routing.route`, and writes replace the gate weights (element 1) and the expert indices (element 2) with it.
+A switched-off expert's logit becomes -inf before the softmax and the top-k (it is never chosen, and the other
+experts' probabilities are what they would be without it, exactly as if it were pruned); a forced-on expert takes
+a top-k place for every token with its own probability as its gate. The logits the router returns (and the
+``router.i`` site) are left as the router computed them; padding tokens keep the router's own choice. The hooks
+exist only inside the ``with`` block and are removed on exit, exception or not; no parameter is touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
 
 from actkit.compress.experts.routing import MoeLayer, moe_layers, route
 from actkit.compress.experts.scores import ExpertId
+from actkit.core.hooks import Read, tap
+from actkit.core.interventions import Intervention
+from actkit.core.positions import StepContext
+from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
 
@@ -38,14 +42,17 @@ def switch_experts(model: nn.Module, off: Iterable[ExpertId] = (), on: Iterable[
     """
     layers = {m.layer: m for m in moe_layers(model)}
     masks = _masks(layers, list(off), list(on))
-    handles = []
-    try:
-        for layer, (off_mask, on_mask) in masks.items():
-            handles.append(layers[layer].router.register_forward_hook(_router_hook(layers[layer], off_mask, on_mask)))
+    names = {id(m): n for n, m in model.named_modules()}
+    read: dict[Site, Read] = {}
+    write: dict[Site, Intervention] = {}
+    for layer, (off_mask, on_mask) in masks.items():
+        choice = _Choice(layers[layer], off_mask, on_mask)
+        path = names[id(layers[layer].router)]
+        read[Site.module(path, "output", 0)] = Read(choice.read)
+        write[Site.module(path, "output", 1)] = _Replace(choice, 1)
+        write[Site.module(path, "output", 2)] = _Replace(choice, 2)
+    with tap(model, read=read, write=write):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _masks(layers: dict[int, MoeLayer], off: list[ExpertId], on: list[ExpertId]
@@ -81,15 +88,30 @@ def _masks(layers: dict[int, MoeLayer], off: list[ExpertId], on: list[ExpertId]
     return {layer: (pair[0], pair[1]) for layer, pair in out.items()}
 
 
-def _router_hook(moe: MoeLayer, off: torch.Tensor | None, on: torch.Tensor | None) -> Any:
-    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-        if not (isinstance(output, tuple) and len(output) == 3):
-            raise ActkitError(f"{type(module).__name__} returned {type(output).__name__}, not the (logits, weights, "
+class _Choice:
+    """The switched routing of one router in the current pass, recomputed from the logits it just returned."""
+
+    def __init__(self, moe: MoeLayer, off: torch.Tensor | None, on: torch.Tensor | None):
+        self.moe, self.off, self.on = moe, off, on
+        self.routed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def read(self, logits: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> None:
+        self.routed = route(logits, self.moe.top_k, self.moe.renormalize, off=self.off, on=self.on)
+
+
+class _Replace(Intervention):
+    """Element 1 (gate weights) or 2 (expert indices) of the router's output, from the recomputed routing."""
+
+    def __init__(self, choice: _Choice, element: int):
+        super().__init__()
+        self.choice, self.element = choice, element
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        routed = self.choice.routed
+        if routed is None or routed[self.element].shape != x.shape:
+            raise ActkitError(f"block {self.choice.moe.layer}: the router did not return the (logits, weights, "
                               "indices) of a transformers 5 top-k router; expert switching does not support it")
-        logits, weights, _ = output
-        _, new_weights, index = route(logits, moe.top_k, moe.renormalize, off=off, on=on)
-        return logits, new_weights.to(weights.dtype), index
-    return hook
+        return routed[self.element].to(x.dtype)
 
 
 __all__ = ["switch_experts"]
