@@ -31,7 +31,7 @@ from actkit.core.anatomy import Anatomy
 from actkit.core.collect import read_texts
 from actkit.core.sites import SITE_KINDS, Site
 from actkit.errors import ActkitError
-from actkit.io import check_writable, to_json
+from actkit.io import check_writable, to_json, undone_on_failure
 from actkit.models import load
 from actkit.observe.default_text import default_texts
 from actkit.observe.profile import PROFILE_FILE, REPORT_FILE, profile, report_files, write_report
@@ -77,7 +77,10 @@ def profile_command(
         result = profile(loaded, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size,
                          progress=show_progress(as_json), model_name=model, top_k=top_k,
                          sparsity_eps=sparsity_eps, massive_intervention=massive_intervention)
-        report = write_report(result, out, overwrite=force) if out is not None else None
+        report = None
+        if out is not None:
+            with undone_on_failure(out):
+                report = write_report(result, out, overwrite=force)
     if report is not None and report.skipped:
         stderr().print(Text(f"note: {report.skipped}; wrote the JSON and HTML without them"), highlight=False)
     if as_json:
