@@ -56,8 +56,9 @@ def check_writable(out_dir: str | Path, names: Sequence[str], *, overwrite: bool
     _check_parents(folder)
     if folder.exists() and not folder.is_dir():
         raise ActkitError(f"output folder {str(folder)!r} is a file; give a folder for --out")
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ActkitError(f"the folder {str(folder)!r} cannot be written (permission denied); choose another --out")
+    writable = _existing_ancestor(folder)  # the folder, or the nearest parent it would be created in
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise ActkitError(f"the folder {str(writable)!r} cannot be written (permission denied); choose another --out")
     if overwrite:
         return
     taken = [name for name in names if (folder / name).exists()]
