@@ -1,49 +1,34 @@
-"""The ``actkit`` command: one sub-command per pillar, each a thin layer over the Python API.
+"""The ``actkit`` command: an index of the pillars' commands, each defined in its pillar's ``cli.py``.
 
-Conventions every command keeps: the default model is `DEFAULT_MODEL`, so each command runs on a fresh machine
-with no arguments; ``--json`` prints machine-readable JSON alone on stdout; progress bars go to stderr and only
-when it is a terminal; bad input (an `ActkitError`) prints ``error: <message>`` on stderr with no traceback and
-exits with status 2, like a usage error.
+Conventions every command keeps (``actkit.cli_common``): the default model is `DEFAULT_MODEL`, so each command
+runs on a fresh machine with no arguments; ``--json`` prints machine-readable JSON alone on stdout; progress bars
+go to stderr and only when it is a terminal; bad input (an `ActkitError`) prints ``error: <message>`` on stderr
+with no traceback and exits with status 2; any other failure prints ``error: <message>`` and a hint, status 1
+(``--debug`` or ``ACTKIT_DEBUG=1`` show the traceback); SIGTERM cleans up and exits with status 143.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich import box
-from rich.table import Table
-from rich.text import Text
 
 import actkit
-from actkit.cli_common import (
-    BAD_INPUT,
-    DEFAULT_MODEL,
-    DeviceOption,
-    DtypeOption,
-    JsonOption,
-    ModelOption,
-    bad_input,
-    print_error,
-    show_progress,
-    stderr,
-    stdout,
-)
-from actkit.core.anatomy import Anatomy
-from actkit.core.collect import read_texts
-from actkit.core.sites import SITE_KINDS, Site
+from actkit.builtin.cli import app as builtin_app
+from actkit.cli_common import BAD_INPUT, DEFAULT_MODEL, RootGroup, print_error, sigterm_unwinds
+from actkit.compress.cli import prune_app
+from actkit.compress.experts.cli import experts_command
 from actkit.errors import ActkitError
-from actkit.io import check_writable, to_json
-from actkit.models import load
-from actkit.observe.default_text import default_texts
-from actkit.observe.profile import PROFILE_FILE, profile
-from actkit.report.profile import REPORT_FILE, report_files, write_report
+from actkit.evaluate.cli import eval_app
+from actkit.localize.cli import patch_command
+from actkit.observe.cli import profile_command, sites_command
+from actkit.steer.cli import generate_command, vector_app
+from actkit.demo.cli import demo_command
 
 app = typer.Typer(
     name="actkit",
+    cls=RootGroup,
     help="Activation engineering for transformer language models: read, steer, localize and compress.",
     no_args_is_help=True,
     add_completion=False,
@@ -61,249 +46,36 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                  help="Print the version and exit.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback when a command fails unexpectedly "
+                                        "(also ACTKIT_DEBUG=1).")] = False,
 ) -> None:
     """Activation engineering for transformer language models: read, steer, localize and compress."""
 
 
-@app.command("profile")
-def profile_command(
-    model: ModelOption = DEFAULT_MODEL,
-    text: Annotated[Path | None, typer.Option("--text", "-t", help="Text file, one document per line "
-                                              "(default: a built-in English sample).")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Stop after this many tokens.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")] = 8,
-    top_k: Annotated[int, typer.Option("--top-k", help="Largest entries kept per block as massive-activation "
-                                       "candidates.")] = 32,
-    sparsity_eps: Annotated[float, typer.Option("--sparsity-eps", help="An MLP hidden entry is near zero when "
-                                                "|x| <= EPS x the RMS of its token's hidden vector.")] = 1e-3,
-    massive_intervention: Annotated[bool, typer.Option(
-        "--massive-intervention", help="Also measure perplexity with the massive activations set to zero and to "
-        "their mean, at the first block where the strongest level (1000x median, else 100x) appears (three more "
-        "passes; causal LMs).")] = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help=f"Also write {PROFILE_FILE}, PNG plots and "
-                                             f"{REPORT_FILE} to this folder.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files in --out.")] = False,
-    as_json: JsonOption = False,
-    dtype: DtypeOption = "float32",
-    device: DeviceOption = "cpu",
-) -> None:
-    """Profile activations block by block: norms, massive activations, MLP sparsity, signal propagation,
-    attention logits, log Z and MoE routing."""
-    with bad_input():
-        if max_tokens is not None and max_tokens <= 0:
-            raise ActkitError(f"--max-tokens must be a positive number of tokens (got {max_tokens})")
-        if batch_size <= 0:
-            raise ActkitError(f"--batch-size must be a positive number of documents (got {batch_size})")
-        if top_k <= 0:
-            raise ActkitError(f"--top-k must be a positive number of entries (got {top_k})")
-        if not 0 < sparsity_eps < float("inf"):
-            raise ActkitError(f"--sparsity-eps must be a positive number (got {sparsity_eps})")
-        texts = read_texts(text) if text is not None else default_texts()
-        if out is not None:
-            check_writable(out, report_files(), overwrite=force)
-        loaded, tokenizer = load(model, dtype=dtype, device=device)
-        anatomy = Anatomy.of(loaded)
-        result = profile(loaded, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size,
-                         progress=show_progress(as_json), model_name=model, top_k=top_k,
-                         sparsity_eps=sparsity_eps, massive_intervention=massive_intervention)
-        report = write_report(result, out, overwrite=force) if out is not None else None
-    if report is not None and report.skipped:
-        stderr().print(Text(f"note: {report.skipped}; wrote the JSON and HTML without them"), highlight=False)
-    if as_json:
-        typer.echo(to_json(result))
-        return
-    console = stdout()
-    console.print(_header(model, anatomy, f"{result['tokens']} tokens"))
-    console.print(_profile_table(result))
-    console.print(_activity_table(result))
-    for line in _profile_notes(result):
-        console.print(line, highlight=False)
-    if report is not None:
-        console.print(f"wrote {', '.join(p.name for p in report.files)} to {out}", highlight=False)
-
-
-def _header(model: str, anatomy: Anatomy, extra: str) -> Text:
-    parts = [f"model {model}", f"family {anatomy.family.name}", f"{anatomy.n_layers} blocks",
-             f"hidden {anatomy.hidden_size}", extra]
-    return Text(" · ".join(parts), style="bold")
-
-
-def _num(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value != value:  # NaN
-        return "nan"
-    if value != 0 and not 1e-3 <= abs(value) < 1e6:
-        return f"{value:.3e}"
-    return f"{value:.3f}"
-
-
-def _profile_table(result: dict[str, Any]) -> Table:
-    table = Table(title="L2 norm of resid_post over tokens (and the mean norm of what attention and MLP add)",
-                  title_justify="left")
-    table.add_column("block", justify="right")
-    for name in ("mean", "p50", "p99", "max", "attn_out", "mlp_out"):
-        table.add_column(name, justify="right")
-    for layer in result["layers"]:
-        table.add_row(str(layer["index"]), *(_num(layer[f"resid_norm_{k}"]) for k in ("mean", "p50", "p99", "max")),
-                      _num(layer.get("attn_out_norm_mean")), _num(layer.get("mlp_out_norm_mean")))
-    return table
-
-
-def _short(value: float | None) -> str:
-    """At most 4 significant digits: wide tables must fit an 80-column terminal."""
-    if value is None:
-        return "-"
-    if value != 0 and not 1e-2 <= abs(value) < 1e7:
-        return f"{value:.1e}"
-    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _activity_table(result: dict[str, Any]) -> Table:
-    eps = result["settings"]["sparsity_eps"]
-    table = Table(title=f"|x| entries of resid_post; signal propagation; max attention logit; MLP hidden: "
-                  f"near-zero entries (|x| <= {eps:g} x token RMS), dead and always-on neurons",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("block", "|x| p50", "|x| max", "chan mean²", "chan var", "max logit", "near 0", "dead/on"):
-        table.add_column(name, justify="right")
-    for layer in result["layers"]:
-        mag, sp, sig = layer["magnitude"], layer["sparsity"] or {}, layer["signal"]
-        table.add_row(str(layer["index"]), _short(mag["median"]), _short(mag["max"]), _short(sig["channel_mean_sq"]),
-                      _short(sig["channel_var"]), _short(layer["attn_logit_max"]),
-                      _percent(sp.get("near_zero_fraction")),
-                      f"{sp['dead']}/{sp['always_on']}" if sp else "-")
-    return table
-
-
-def _profile_notes(result: dict[str, Any]) -> list[str]:
-    """Massive activations, log Z, routers and what was not measured, one line each."""
-    lines = []
-    massive = result["massive"]
-    if massive:
-        biggest = max(massive, key=lambda e: e["magnitude"])
-        token = "" if biggest["token"] is None else f" (token {biggest['token']!r})"
-        for bound in sorted({e["level"] for e in massive}):
-            hits = [e for e in massive if e["level"] >= bound]
-            first = min(e["layer"] for e in hits)
-            dims = sorted({e["dim"] for e in hits if e["layer"] == first})
-            lines.append(f"massive activations >= {bound} x median: {len(hits)} entries, from block {first} "
-                         f"(dims {', '.join(map(str, dims))})")
-        lines.append(f"largest: {_num(biggest['value'])} at block {biggest['layer']}, dim {biggest['dim']}, document "
-                     f"{biggest['document']}, position {biggest['position']}{token}, {biggest['ratio']:.0f} x median")
-    else:
-        lines.append("massive activations: none (no entry >= 100 x its block's median magnitude)")
-    iv = result.get("massive_intervention")
-    if iv:
-        ppl = iv["perplexity"]
-        lines.append(f"intervention at {iv['site']} dims {iv['dims']}: perplexity {_num(ppl['original'])} as is, "
-                     f"{_num(ppl['zero'])} set to zero, {_num(ppl['mean'])} set to their mean")
-    if result["logits"]:
-        z = result["logits"]
-        lines.append(f"log Z: mean {_num(z['log_z_mean'])}, std {_num(z['log_z_std'])}, max {_num(z['log_z_max'])}")
-    for layer in result["layers"]:
-        r = layer["router"]
-        if r:
-            lines.append(f"router {layer['index']}: routing entropy {_num(r['entropy_mean'])} / {_num(r['entropy_max'])}"
-                         f" nats, load entropy {_num(r['load_entropy'])}, busiest expert {max(r['load']):.1%} of "
-                         "assignments")
-    for what, why in result["unavailable"].items():
-        lines.append(f"not measured: {what}: {why}")
-    return lines
-
-
-@app.command("sites")
-def sites_command(
-    model: ModelOption = DEFAULT_MODEL,
-    site: Annotated[list[str] | None, typer.Option("--site", "-s", help="Only these sites or patterns, such as "
-                                                   "'mlp_hidden.*' or 'resid_post.3' (repeatable).")] = None,
-    as_json: JsonOption = False,
-    dtype: DtypeOption = "float32",
-    device: DeviceOption = "cpu",
-) -> None:
-    """The sites of a model: what every pillar can read and write, by architecture-neutral name."""
-    with bad_input():
-        loaded, _ = load(model, dtype=dtype, device=device)
-        anatomy = Anatomy.of(loaded)
-        found = anatomy.expand(site) if site else anatomy.sites()
-    if as_json:
-        typer.echo(json.dumps({"model": model, "family": anatomy.family.name, "blocks": anatomy.n_layers,
-                               "hidden_size": anatomy.hidden_size, "sites": [str(s) for s in found]}, indent=2))
-        return
-    console = stdout()
-    console.print(_header(model, anatomy, f"{len(found)} sites"))
-    table = Table()
-    table.add_column("site")
-    table.add_column("blocks")
-    table.add_column("meaning")
-    for kind in SITE_KINDS:
-        mine = [s for s in found if s.kind == kind]
-        if mine:
-            table.add_row(_pattern(kind), _where(mine), SITE_KINDS[kind][1])
-    console.print(table)
-
-
-def _pattern(kind: str) -> str:
-    return {0: kind, 1: f"{kind}.i", 2: f"{kind}.i.e"}[SITE_KINDS[kind][0]]
-
-
-def _where(sites: list[Site]) -> str:
-    """Compress the indices of one kind into ranges: ``0-23``, or ``0-23, experts 0-63``."""
-    layers = sorted({s.layer for s in sites if s.layer is not None})
-    if not layers:
-        return ""
-    text = _ranges(layers)
-    experts = sorted({s.expert for s in sites if s.expert is not None})
-    return f"{text}; experts {_ranges(experts)}" if experts else text
-
-
-def _ranges(values: list[int]) -> str:
-    out: list[str] = []
-    start = prev = values[0]
-    for v in [*values[1:], None]:
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-        if v is not None:
-            start = prev = v
-    return ", ".join(out)
-
-
-def _register_pillars() -> None:
-    """Sub-command groups that live with their pillar, so this file stays a thin index."""
-    from actkit.builtin.cli import app as builtin_app
-    from actkit.compress.cli import prune_app
-    from actkit.compress.experts.cli import experts_command
-    from actkit.demo.cli import demo_command
-    from actkit.evaluate.cli import eval_app
-    from actkit.localize.cli import patch_command
-    from actkit.steer.cli import generate_command, vector_app
-
-    app.add_typer(builtin_app, name="builtin")
-    app.add_typer(vector_app, name="vector")
-    app.command("generate")(generate_command)
-    app.command("demo")(demo_command)
-    app.add_typer(prune_app, name="prune")
-    prune_app.command("experts")(experts_command)
-    app.add_typer(eval_app, name="eval")
-    app.command("patch")(patch_command)
-
-
-_register_pillars()
-
+# in the order of `actkit --help`: observe, the built-in models, steer, compress, evaluate, localize
+app.command("profile")(profile_command)
+app.command("sites")(sites_command)
+app.add_typer(builtin_app, name="builtin")
+app.add_typer(vector_app, name="vector")
+app.command("generate")(generate_command)
+app.command("demo")(demo_command)
+app.add_typer(prune_app, name="prune")
+prune_app.command("experts")(experts_command)
+app.add_typer(eval_app, name="eval")
+app.command("patch")(patch_command)
 
 def main() -> None:
-    """Console entry point; `ActkitError` raised outside a command still ends as a message and status 2."""
-    try:
-        app()
-    except ActkitError as error:
-        print_error(str(error))
-        sys.exit(BAD_INPUT)
+    """Console entry point: SIGTERM unwinds like Ctrl-C (status 143), and an `ActkitError` raised outside a
+    command still ends as a message and status 2."""
+    with sigterm_unwinds():
+        try:
+            app()
+        except ActkitError as error:
+            print_error(str(error))
+            sys.exit(BAD_INPUT)
 
+
+__all__ = ["DEFAULT_MODEL", "app", "main"]
 
 if __name__ == "__main__":
     main()

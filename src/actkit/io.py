@@ -56,8 +56,9 @@ def check_writable(out_dir: str | Path, names: Sequence[str], *, overwrite: bool
     _check_parents(folder)
     if folder.exists() and not folder.is_dir():
         raise ActkitError(f"output folder {str(folder)!r} is a file; give a folder for --out")
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ActkitError(f"the folder {str(folder)!r} cannot be written (permission denied); choose another --out")
+    writable = _existing_ancestor(folder)  # the folder, or the nearest parent it would be created in
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise ActkitError(f"the folder {str(writable)!r} cannot be written (permission denied); choose another --out")
     if overwrite:
         return
     taken = [name for name in names if (folder / name).exists()]
@@ -126,20 +127,19 @@ def atomic_file(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     p = check_output_file(path, overwrite=overwrite)
     make_folder(p.parent if str(p.parent) else ".")
+    tmp: Path | None = None
     try:
         fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    except OSError as error:
-        raise ActkitError(f"cannot write {str(p)!r}: {_reason(error)}") from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
+        tmp = Path(name)
+        os.close(fd)
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp makes it private; an output should read like any file
         os.replace(tmp, p)
     except OSError as error:
         raise ActkitError(f"cannot write {str(p)!r}: {_reason(error)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
@@ -185,23 +185,49 @@ def atomic_folder(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[P
     """
     folder = check_output_folder(out_dir, overwrite)
     make_folder(folder.parent if str(folder.parent) else ".")
+    old = folder.with_name(f".{folder.name}.old")
+    stage: Path | None = None
+    moved = False
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    except OSError as error:
-        raise ActkitError(f"cannot write {str(folder)!r}: {_reason(error)}") from None
-    stage.chmod(0o755)  # mkdtemp makes it private; the output should read like any folder
-    try:
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+        except OSError as error:
+            raise ActkitError(f"cannot write {str(folder)!r}: {_reason(error)}") from None
+        stage.chmod(0o755)  # mkdtemp makes it private; the output should read like any folder
         yield stage
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
+            moved = True
             folder.rename(old)
-            stage.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.rename(folder)
+        stage.rename(folder)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if moved and old.exists() and not folder.exists():
+            old.rename(folder)  # stopped between the two renames: the user's folder goes back
+        if moved:
+            shutil.rmtree(old, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def undone_on_failure(folder: str | Path) -> Iterator[Path]:
+    """Yield `folder`; if it did not exist before and the block fails (an error, Ctrl-C, SIGTERM), remove it
+    again, with the empty parents created for it, as long as nothing else was put there.
+
+    `staging` and `make_folder` create a report's folder before the report is rendered; a run stopped while
+    rendering then leaves the folder as it found it: absent.
+    """
+    path = Path(folder)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        yield path
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()  # only if empty
+            except OSError:
+                break
+        raise
 
 
 def to_json(result: Any) -> str:
@@ -221,4 +247,4 @@ def _finite(value: Any) -> Any:
 
 
 __all__ = ["atomic_file", "atomic_folder", "check_output_file", "check_output_folder", "check_writable",
-           "make_folder", "publish", "staging", "to_json", "write_text"]
+           "make_folder", "publish", "staging", "to_json", "undone_on_failure", "write_text"]

@@ -9,6 +9,7 @@ import pytest
 import transformers as tf
 
 from actkit.compress.experts import REPORT_FILE
+from actkit.compress.experts.cli import parse_keep
 
 from cli_helpers import assert_bad_input, invoke, save_tiny
 
@@ -56,10 +57,21 @@ def test_merge_table_output_and_protect(folders: dict[str, Path], tmp_path: Path
     assert tf.AutoModelForCausalLM.from_pretrained(out).config.num_local_experts == 2
 
 
+def test_keep_says_fraction_or_count() -> None:
+    assert parse_keep("0.5") == 0.5 and isinstance(parse_keep("0.5"), float)
+    assert parse_keep("50%") == 0.5 and parse_keep("100%") == 1.0
+    assert parse_keep("1") == 1 and isinstance(parse_keep("1"), int)  # one expert, not 100%
+    assert parse_keep("4") == 4 and isinstance(parse_keep(" 4 "), int)
+
+
 @pytest.mark.parametrize(("args", "needles"), [
     (["--method", "magnitude"], ["unknown --method 'magnitude'", "reap, ean, frequency, merge"]),
     (["--keep", "2.5"], ["--keep"]),
     (["--keep", "0"], ["--keep"]),
+    (["--keep", "1.0"], ["--keep 1.0", "100%", "whole number"]),  # ambiguous: all of them, or one?
+    (["--keep", "150%"], ["percentage"]),
+    (["--keep", "-2"], ["--keep"]),
+    (["--keep", "half"], ["--keep 'half'", "0.5"]),
     (["--protect", "1-3"], ["LAYER:EXPERT"]),
     (["--batch-size", "0"], ["--batch-size"]),
 ])
@@ -71,6 +83,7 @@ def test_bad_input_before_loading(args: list[str], needles: list[str], tmp_path:
 @pytest.mark.parametrize(("model", "args", "needles"), [
     ("mixtral", ["--keep", "9"], ["keeps 9 experts but each MoE block has only 4"]),
     ("mixtral", ["--keep", "0.25"], ["fewer than the 2 the router picks"]),
+    ("mixtral", ["--keep", "1"], ["--keep 1 keeps one expert", "fewer than the 2 the router picks"]),
     ("mixtral", ["--protect", "7:0"], ["block 7 is not an MoE block"]),
     ("llama", [], ["is not a mixture of experts", "builtin:toy-moe"]),
 ])

@@ -1,10 +1,11 @@
 """``actkit prune``: one group for the pruning commands (``weights``, ``experts``), thin over the Python API.
 
-``actkit.cli`` imports this module while it registers its sub-commands, so this module reaches back into it only
-inside functions (never at import time). The conventions of ``actkit.cli`` hold: ``--json`` prints JSON alone on
-stdout; bad input ends as ``error: <message>`` on stderr with exit status 2; an existing output folder is only
-replaced with ``--force``. A new pruning command is one ``@prune_app.command(...)`` function here (or registered
-from its own module with ``prune_app.command("name")(function)``).
+The conventions of ``actkit.cli_common`` hold: ``--json`` prints JSON alone on stdout; bad input ends as
+``error: <message>`` on stderr with exit status 2; an existing output folder is only replaced with ``--force``.
+Every pruning command shares its options (`TextOption` ... `ReportJsonOption`), their checks (`check_run_options`),
+the held-out perplexity before and after (`HeldoutPerplexity`) and the way a report is shown (`show_report`). A
+new pruning command is one ``@prune_app.command(...)`` function here (or registered from its own module with
+``prune_app.command("name")(function)``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from actkit.cli_common import (
 )
 from actkit.compress.calibration import DEFAULT_DOCUMENTS
 from actkit.errors import ActkitError
+from actkit.io import check_output_folder
 
 prune_app = group("prune", "Prune a model: weights scored by activation norms, or whole MoE experts; export a checkpoint.")
 
@@ -48,6 +50,68 @@ EvalDocumentsOption = Annotated[int, typer.Option("--eval-documents", help="Held
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")]
 ReplaceOption = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
 ReportJsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON only, on stdout.")]
+
+
+def check_run_options(out: Path, force: bool, calibration_documents: int, eval_documents: int,
+                      batch_size: int) -> None:
+    """The checks of the shared options, before any model is loaded: positive counts, and an ``--out`` that can
+    be written (not a file, not the current folder, not under a file, writable; replaced only with ``--force``)."""
+    if calibration_documents <= 0:
+        raise ActkitError(f"--calibration-documents must be positive (got {calibration_documents})")
+    if eval_documents < 0:
+        raise ActkitError(f"--eval-documents must be 0 (skip) or positive (got {eval_documents})")
+    if batch_size <= 0:
+        raise ActkitError(f"--batch-size must be a positive number of documents (got {batch_size})")
+    check_output_folder(out, force)
+
+
+class HeldoutPerplexity:
+    """``--eval-documents``: perplexity on held-out documents of the built-in corpus, before and after pruning.
+
+    The "before" is measured when this is made, since a pruning done in place (``prune experts``) changes the
+    model it was given.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, documents: int):
+        from actkit.builtin import corpus
+        from actkit.evaluate.perplexity import nll
+
+        self.tokenizer = tokenizer
+        self.texts = corpus.texts(documents, split="heldout") if documents else []
+        self.before = nll(model, tokenizer, self.texts) if self.texts else None
+
+    def evaluation(self, pruned: Any) -> dict[str, Any] | None:
+        """The report's ``evaluation`` entry for the `pruned` model (None with ``--eval-documents 0``)."""
+        import math
+
+        from actkit.evaluate.perplexity import nll
+
+        if self.before is None:
+            return None
+        after = nll(pruned, self.tokenizer, self.texts)
+        return {"text": "builtin:heldout", "documents": len(self.texts), "tokens": self.before[1],
+                "context": "whole documents", "perplexity_before": math.exp(self.before[0] / self.before[1]),
+                "perplexity_after": math.exp(after[0] / after[1])}
+
+
+def evaluation_lines(report: dict[str, Any]) -> list[str]:
+    """The held-out perplexity line of a summary (none without an evaluation)."""
+    ev = report.get("evaluation")
+    if not ev:
+        return []
+    return [f"held-out perplexity ({ev['documents']} built-in documents, {ev['tokens']} tokens): "
+            f"{ev['perplexity_before']:.3f} before, {ev['perplexity_after']:.3f} after"]
+
+
+def show_report(report: dict[str, Any], out: Path, as_json: bool, table: Table, lines: list[str]) -> None:
+    """The end of every pruning command: the report as JSON (``--json``), or a table and summary lines."""
+    if as_json:
+        typer.echo(json.dumps({**report, "out": str(out)}, indent=2))
+        return
+    console = Console(soft_wrap=True)
+    console.print(table)
+    for line in lines:
+        console.print(Text(line), highlight=False)
 
 
 @contextmanager
@@ -89,55 +153,33 @@ def weights_command(
 ) -> None:
     """Prune the linear layers of every block (magnitude, Wanda, SparseGPT or DaSS; unstructured or N:M) and
     export an ordinary Hugging Face checkpoint with pruning.json."""
-    from actkit.builtin import corpus
     from actkit.compress.calibration import calibration_texts
+    from actkit.compress.export import export_pruned
     from actkit.compress.masks import parse_pattern, resolve_sparsity
-    from actkit.compress.weights import METHODS, REPORT_FILE, prune_weights
-    from actkit.evaluate.perplexity import nll
-    from actkit.io import check_output_folder
+    from actkit.compress.weights import METHODS, prune_weights
     from actkit.models import load
-    from actkit.models.checkpoint import save_checkpoint
 
     with bad_input():
         if method not in METHODS:
             raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
         resolve_sparsity(sparsity, parse_pattern(pattern))
-        if calibration_documents <= 0:
-            raise ActkitError(f"--calibration-documents must be positive (got {calibration_documents})")
-        if eval_documents < 0:
-            raise ActkitError(f"--eval-documents must be 0 (skip) or positive (got {eval_documents})")
-        if batch_size <= 0:
-            raise ActkitError(f"--batch-size must be a positive number of documents (got {batch_size})")
-        check_output_folder(out, force)
+        check_run_options(out, force, calibration_documents, eval_documents, batch_size)
         calibration = None if method == "magnitude" else calibration_texts(text, documents=calibration_documents,
                                                                             seed=seed)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
+        heldout = HeldoutPerplexity(loaded, tokenizer, eval_documents)
         with _progress(show_progress(as_json)) as on_block:
             pruned, report = prune_weights(loaded, tokenizer, method, sparsity, pattern, calibration=calibration,
                                            keep_attention_dense=keep_attention_dense, batch_size=batch_size,
                                            on_block=on_block)
         report["model"] = model
-        if eval_documents:
-            heldout = corpus.texts(eval_documents, split="heldout")
-            report["evaluation"] = _evaluation(nll(loaded, tokenizer, heldout), nll(pruned, tokenizer, heldout),
-                                               len(heldout))
-        save_checkpoint(pruned, out, report_name=REPORT_FILE, report=report, tokenizer=tokenizer, overwrite=force)
+        evaluation = heldout.evaluation(pruned)
+        if evaluation is not None:
+            report["evaluation"] = evaluation
+        export_pruned(pruned, tokenizer, out, report, overwrite=force)
     if method == "magnitude" and text is not None:
         Console(stderr=True).print(Text("note: magnitude pruning reads no calibration text; --text was not used"))
-    if as_json:
-        typer.echo(json.dumps({**report, "out": str(out)}, indent=2))
-        return
-    console = Console(soft_wrap=True)
-    console.print(_block_table(report))
-    for line in _summary(report, out):
-        console.print(Text(line), highlight=False)
-
-
-def _evaluation(before: tuple[float, int], after: tuple[float, int], documents: int) -> dict[str, Any]:
-    import math
-
-    return {"text": "builtin:heldout", "documents": documents, "tokens": before[1], "context": "whole documents",
-            "perplexity_before": math.exp(before[0] / before[1]), "perplexity_after": math.exp(after[0] / after[1])}
+    show_report(report, out, as_json, _block_table(report), _summary(report, out))
 
 
 def _block_table(report: dict[str, Any]) -> Table:
@@ -172,12 +214,11 @@ def _summary(report: dict[str, Any], out: Path) -> list[str]:
     if report["skipped"]:
         reasons = sorted(set(report["skipped"].values()))
         lines.append(f"left dense: {len(report['skipped'])} modules ({'; '.join(reasons)})")
-    ev = report.get("evaluation")
-    if ev:
-        lines.append(f"held-out perplexity ({ev['documents']} built-in documents, {ev['tokens']} tokens): "
-                     f"{ev['perplexity_before']:.3f} before, {ev['perplexity_after']:.3f} after")
+    lines += evaluation_lines(report)
     lines.append(f"wrote {out} (checkpoint and pruning.json)")
     return lines
 
 
-__all__ = ["prune_app", "weights_command"]
+__all__ = ["EVAL_DOCUMENTS", "BatchSizeOption", "CalibrationDocumentsOption", "EvalDocumentsOption",
+           "HeldoutPerplexity", "ReplaceOption", "ReportJsonOption", "SeedOption", "TextOption", "check_run_options",
+           "evaluation_lines", "prune_app", "show_report", "weights_command"]

@@ -87,12 +87,11 @@ def patch_command(
 
 
 def _write(data: dict[str, Any], out: Path) -> list[Path]:
-    from actkit.io import make_folder, publish, staging, to_json
+    from actkit.io import make_folder, publish, staging, to_json, undone_on_failure
     from actkit.report.patching import plot_effects
     from actkit.report.plots import MissingMatplotlib
 
-    make_folder(out)
-    with staging(out) as stage:
+    with undone_on_failure(out), staging(make_folder(out)) as stage:
         (stage / "patch.json").write_text(to_json(data) + "\n")
         names = ["patch.json"]
         try:

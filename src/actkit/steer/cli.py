@@ -32,6 +32,7 @@ from actkit.cli_common import (
     stdout,
 )
 from actkit.errors import ActkitError
+from actkit.io import check_output_file
 from actkit.steer.pairs import DATA_DIR, pairs_path
 
 vector_app = group("vector", "Steering vectors: train one from contrast pairs, inspect a file, export it for llama.cpp.")
@@ -49,14 +50,6 @@ def parse_layers(text: str) -> list[int] | None:
     if not layers:
         raise ActkitError("--layers is empty; give 'auto', 'all' or block indices such as 3,5")
     return layers
-
-
-def _check_output(path: Path, force: bool) -> None:
-    """Refuse before any work: an existing file without --force, or a folder."""
-    if path.is_dir():
-        raise ActkitError(f"{str(path)!r} is a folder; give a file name")
-    if path.exists() and not force:
-        raise ActkitError(f"{str(path)!r} already exists; pass --force to overwrite it")
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -101,7 +94,7 @@ def train_command(
             raise ActkitError(f"--top must be a positive number of blocks (got {top})")
         auto = layers.strip().lower() == "auto"
         chosen = None if auto else parse_layers(layers)
-        _check_output(out, force)
+        check_output_file(out, overwrite=force)
         items = read_pairs(pairs_path(pairs))
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         ranking = None
@@ -216,7 +209,7 @@ def export_command(
         target = out if out is not None else path.with_suffix(".gguf")
         if target.resolve() == path.resolve():
             raise ActkitError(f"the output {str(target)!r} is the input file; give another --out")
-        _check_output(target, force)
+        check_output_file(target, overwrite=force)
         vector = load_vector(path)
         export_gguf(vector, target, overwrite=force, model_hint=model_hint)
     if as_json:

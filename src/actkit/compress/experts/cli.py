@@ -1,22 +1,20 @@
 """``actkit prune experts``: prune or merge the experts of an MoE model and export a smaller checkpoint.
 
-Registered on the ``actkit prune`` group by ``actkit.cli``; it imports ``actkit.cli`` only inside the command.
-The conventions of ``actkit.cli`` hold: the default model is the built-in MoE (``builtin:toy-moe``); ``--json``
-prints JSON alone on stdout; bad input ends as ``error: <message>`` on stderr with exit status 2, before any
-model is loaded where the input alone shows it; an existing output folder is only replaced with ``--force``.
+Registered on the ``actkit prune`` group by ``actkit.cli``, with the options, checks, held-out evaluation and
+report display that every pruning command shares (``actkit.compress.cli``). The conventions of
+``actkit.cli_common`` hold: the default model is the built-in MoE (``builtin:toy-moe``); ``--json`` prints JSON
+alone on stdout; bad input ends as ``error: <message>`` on stderr with exit status 2, before any model is loaded
+where the input alone shows it; an existing output folder is only replaced with ``--force``.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from actkit.cli_common import DeviceOption, DtypeOption
 from actkit.compress.calibration import DEFAULT_DOCUMENTS
@@ -25,10 +23,14 @@ from actkit.compress.cli import (
     BatchSizeOption,
     CalibrationDocumentsOption,
     EvalDocumentsOption,
+    HeldoutPerplexity,
     ReplaceOption,
     ReportJsonOption,
     SeedOption,
     TextOption,
+    check_run_options,
+    evaluation_lines,
+    show_report,
 )
 from actkit.compress.experts.prune import REPORT_FILE
 from actkit.compress.experts.scores import METHODS
@@ -36,6 +38,38 @@ from actkit.errors import ActkitError
 
 #: The model ``prune experts`` uses without ``--model``: the default model of the other commands is dense.
 DEFAULT_MOE_MODEL = "builtin:toy-moe"
+
+_COUNT = re.compile(r"[+]?\d+")
+
+
+def parse_keep(text: str) -> float | int:
+    """``--keep``: a fraction (a float below 1, or a percentage) or a number of experts (an int).
+
+    ``1`` alone is the point: read as a fraction it would keep every expert, while a user may mean one expert. So a
+    fraction is written below 1 (``0.5``) or with ``%`` (``50%``, ``100%``), and a whole number without a point
+    (``4``, ``1``) is a count; ``1.0`` is refused as ambiguous.
+    """
+    given = text.strip()
+    try:
+        if given.endswith("%"):
+            percent = float(given[:-1])
+            if not 0 < percent <= 100:
+                raise ActkitError(f"--keep {text}: a percentage lies in (0%, 100%]")
+            return percent / 100
+        if _COUNT.fullmatch(given):
+            count = int(given)
+            if count < 1:
+                raise ActkitError(f"--keep {text}: keep at least one expert (a whole number >= 1, a fraction such "
+                                  "as 0.5, or a percentage such as 50%)")
+            return count
+        fraction = float(given)
+    except ValueError:
+        raise ActkitError(f"--keep {text!r}: give a fraction such as 0.5, a percentage such as 50%, or a whole "
+                          "number of experts such as 4") from None
+    if not 0 < fraction < 1:
+        raise ActkitError(f"--keep {text}: a fraction lies strictly between 0 and 1 (write 100% to keep every "
+                          "expert); a number of experts is a whole number without a point, such as 4 or 1")
+    return fraction
 
 
 def experts_command(
@@ -47,8 +81,9 @@ def experts_command(
     method: Annotated[str, typer.Option("--method", help="reap (mean gate-weighted output norm), ean (summed "
                                         "output norm), frequency (routed tokens), or merge (M-SMoE-style).")
                       ] = "reap",
-    keep: Annotated[float, typer.Option("--keep", "-k", help="Experts each MoE block keeps: a fraction in (0, 1] "
-                                        "or a whole number; at least the router's top-k.")] = 0.5,
+    keep: Annotated[str, typer.Option("--keep", "-k", help="Experts each MoE block keeps: a fraction below 1 "
+                                      "(0.5) or a percentage (50%, 100%), or a whole number of experts (4); at "
+                                      "least the router's top-k.")] = "0.5",
     text: TextOption = None,
     protect: Annotated[str | None, typer.Option("--protect", help="Experts always kept: LAYER:EXPERT,... "
                                                 "(for example 0:3,2:5).")] = None,
@@ -65,50 +100,45 @@ def experts_command(
 ) -> None:
     """Prune (REAP, EAN, frequency) or merge the experts of every MoE block to a kept fraction and export an
     ordinary Hugging Face checkpoint with a report."""
-    from actkit.builtin import corpus
     from actkit.cli_common import bad_input
     from actkit.compress.calibration import calibration_texts
     from actkit.compress.experts.prune import prune_experts
     from actkit.compress.experts.scores import parse_experts
-    from actkit.evaluate.perplexity import nll
-    from actkit.io import check_output_folder
     from actkit.models import load
     from actkit.models.checkpoint import save_checkpoint
 
     with bad_input():
         if method not in METHODS:
             raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
-        if not keep > 0 or (keep > 1 and not float(keep).is_integer()):
-            raise ActkitError(f"--keep must be a fraction in (0, 1] or a whole number of experts, got {keep}")
-        if calibration_documents <= 0:
-            raise ActkitError(f"--calibration-documents must be positive (got {calibration_documents})")
-        if eval_documents < 0:
-            raise ActkitError(f"--eval-documents must be 0 (skip) or positive (got {eval_documents})")
-        if batch_size <= 0:
-            raise ActkitError(f"--batch-size must be a positive number of documents (got {batch_size})")
+        kept = parse_keep(keep)
+        check_run_options(out, force, calibration_documents, eval_documents, batch_size)
         protected = parse_experts(protect) if protect is not None else []
-        check_output_folder(out, force)
         calibration = calibration_texts(text, documents=calibration_documents, seed=seed)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
-        heldout = corpus.texts(eval_documents, split="heldout") if eval_documents else []
-        before = nll(loaded, tokenizer, heldout) if heldout else None
-        pruned, report = prune_experts(loaded, tokenizer, method=method, keep=keep, calibration=calibration,
-                                       protect=protected, every_token=every_token, batch_size=batch_size,
-                                       inplace=True)  # the loaded model is this command's own
+        heldout = HeldoutPerplexity(loaded, tokenizer, eval_documents)
+        pruned, report = prune_experts(loaded, tokenizer, method=method, keep=_as_library_keep(kept, loaded),
+                                       calibration=calibration, protect=protected, every_token=every_token,
+                                       batch_size=batch_size, inplace=True)  # the loaded model is this command's own
         report = {"model": model, **report}
-        if before is not None:
-            after = nll(pruned, tokenizer, heldout)
-            report["evaluation"] = {"text": "builtin:heldout", "documents": len(heldout), "tokens": before[1],
-                                    "perplexity_before": math.exp(before[0] / before[1]),
-                                    "perplexity_after": math.exp(after[0] / after[1])}
+        evaluation = heldout.evaluation(pruned)
+        if evaluation is not None:
+            report["evaluation"] = evaluation
         save_checkpoint(pruned, out, report_name=REPORT_FILE, report=report, tokenizer=tokenizer, overwrite=force)
-    if as_json:
-        typer.echo(json.dumps({**report, "out": str(out)}, indent=2))
-        return
-    console = Console(soft_wrap=True)
-    console.print(_layer_table(report))
-    for line in _summary(report, out):
-        console.print(Text(line), highlight=False)
+    show_report(report, out, as_json, _layer_table(report), _summary(report, out))
+
+
+def _as_library_keep(keep: float | int, model: Any) -> float:
+    """`prune_experts` reads ``keep <= 1`` as a fraction, so one expert is passed as the fraction 1/E (and refused
+    here, in the user's words, when the router picks more than one)."""
+    if keep != 1 or isinstance(keep, float):
+        return float(keep)
+    from actkit.compress.experts.routing import moe_layers
+
+    first = moe_layers(model)[0]
+    if first.top_k > 1:
+        raise ActkitError(f"--keep 1 keeps one expert per block, fewer than the {first.top_k} the router picks for "
+                          f"every token; keep at least {first.top_k} (or a fraction such as 0.5)")
+    return 1 / first.num_experts
 
 
 def _layer_table(report: dict[str, Any]) -> Table:
@@ -135,12 +165,9 @@ def _summary(report: dict[str, Any], out: Path) -> list[str]:
     lines = [f"parameters: {report['parameters_after']:,} (from {report['parameters_before']:,})",
              f"calibration: {calib['documents']} documents of {calib['source']} (seed {calib['seed']}), "
              f"{calib['tokens']} tokens" + (", every expert on every token" if report["every_token"] else "")]
-    ev = report.get("evaluation")
-    if ev:
-        lines.append(f"held-out perplexity ({ev['documents']} built-in documents, {ev['tokens']} tokens): "
-                     f"{ev['perplexity_before']:.3f} before, {ev['perplexity_after']:.3f} after")
+    lines += evaluation_lines(report)
     lines.append(f"wrote {out} (checkpoint and {REPORT_FILE})")
     return lines
 
 
-__all__ = ["DEFAULT_MOE_MODEL", "experts_command"]
+__all__ = ["DEFAULT_MOE_MODEL", "experts_command", "parse_keep"]
