@@ -38,9 +38,8 @@ if hold == "after":  # inside the checkpoint's temporary folder, once the weight
     import transformers
     transformers.PreTrainedModel.save_pretrained = holding(transformers.PreTrainedModel.save_pretrained)
 else:  # inside the report's staging folder, every file rendered, none published
-    import importlib
-    profile = importlib.import_module("actkit.observe.profile")  # the package exports a function of that name
-    profile.publish = holding(profile.publish)
+    import actkit.report.profile as report
+    report.publish = holding(report.publish)
 
 from actkit.cli import main
 main()

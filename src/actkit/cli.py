@@ -19,12 +19,12 @@ from actkit.builtin.cli import app as builtin_app
 from actkit.cli_common import BAD_INPUT, DEFAULT_MODEL, RootGroup, print_error, sigterm_unwinds
 from actkit.compress.cli import prune_app
 from actkit.compress.experts.cli import experts_command
+from actkit.demo.cli import demo_command
 from actkit.errors import ActkitError
 from actkit.evaluate.cli import eval_app
 from actkit.localize.cli import patch_command
 from actkit.observe.cli import profile_command, sites_command
 from actkit.steer.cli import generate_command, vector_app
-from actkit.demo.cli import demo_command
 
 app = typer.Typer(
     name="actkit",
