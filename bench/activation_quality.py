@@ -24,8 +24,8 @@ import torch
 
 import actkit
 from actkit.builtin import corpus
+from actkit.builtin.calibration import builtin_calibration
 from actkit.compress.activation import METHODS, activation_sparsity, calibrate_teal, plan_activation_sparsity
-from actkit.compress.calibration import calibration_texts
 from actkit.core.collect import context_length
 from actkit.evaluate.perplexity import nll
 from actkit.observe.default_text import default_texts
@@ -44,7 +44,7 @@ def evaluate(name: str, text: str, documents: int, context: int, calibration_doc
     total, count = nll(model, tokenizer, held, max_length=ctx)
     rows: list[dict[str, Any]] = [{"method": "dense", "sparsity": 0.0, "perplexity": math.exp(total / count),
                                    "achieved": 0.0}]
-    teal = calibrate_teal(model, tokenizer, calibration_texts(documents=calibration_documents), max_length=ctx)
+    teal = calibrate_teal(model, tokenizer, builtin_calibration(documents=calibration_documents), max_length=ctx)
     runs = [(m, s) for m in METHODS for s in SPARSITIES] + [("teal", s) for s in extra_teal]
     for method, s in runs:
         plan = plan_activation_sparsity(model, f"{method}:{s}", calibration=teal)

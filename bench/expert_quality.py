@@ -45,7 +45,7 @@ import transformers
 
 import actkit
 from actkit.builtin import corpus
-from actkit.compress.calibration import calibration_texts
+from actkit.builtin.calibration import builtin_calibration
 from actkit.compress.experts import (
     behaviour_experts,
     expert_stats,
@@ -203,7 +203,7 @@ def main() -> None:
     results: dict[str, Any] = {"base": evaluate(model, tokenizer, data), "pruning": [], "mote": {}}
     print(f"\nbase model: {fmt(results['base'])}")
     for seed in [int(s) for s in args.seeds.split(",")]:
-        calib = calibration_texts(seed=seed)
+        calib = builtin_calibration(seed=seed)
         stats = expert_stats(model, tokenizer, calib.texts)
         print(f"\ncalibration seed {seed}: {len(calib.texts)} documents, {stats.tokens} tokens")
         for keep in KEEPS:

@@ -36,7 +36,7 @@ import torch
 import transformers
 
 import actkit
-from actkit.compress.calibration import calibration_texts
+from actkit.builtin.calibration import builtin_calibration
 from actkit.compress.experts import expert_stats, plan_experts, slice_experts
 from actkit.core.collect import context_length, token_batches
 from actkit.models.checkpoint import save_checkpoint
@@ -81,7 +81,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
           f"{torch.get_num_threads()} threads, {cpu_model()}")
     model, tokenizer = actkit.load(args.model)
-    calib = calibration_texts(documents=args.documents)
+    calib = builtin_calibration(documents=args.documents)
     limit = context_length(model, tokenizer)
     batches = [(b.ids, b.mask.long()) for b in token_batches(calib.texts, tokenizer, limit=limit,
                                                              batch_size=args.batch_size)]

@@ -24,7 +24,7 @@ import transformers
 
 import actkit
 from actkit.builtin import corpus
-from actkit.compress.calibration import calibration_texts
+from actkit.builtin.calibration import builtin_calibration
 from actkit.compress.weights import METHODS, prune_weights
 from actkit.evaluate.perplexity import nll
 
@@ -53,7 +53,7 @@ def main() -> None:
 
     model, tokenizer = actkit.load(args.model)
     heldout = corpus.texts(args.heldout_documents, split="heldout")
-    calibration = calibration_texts(documents=args.calibration_documents)
+    calibration = builtin_calibration(documents=args.calibration_documents)
     start = time.perf_counter()
     dense, scored = _perplexity(model, tokenizer, heldout)
     rows: list[dict[str, Any]] = [{"method": "dense", "pattern": "-", "perplexity": dense, "sparsity": 0.0,

@@ -10,7 +10,7 @@ import torch
 
 import actkit
 from actkit import Covariance, Moments, collect
-from actkit.compress.calibration import calibration_texts
+from actkit.builtin.calibration import builtin_calibration
 from actkit.compress.layerwise import layer_by_layer
 from actkit.compress.scores import input_norms
 from actkit.compress.weights import METHODS, find_targets, prune_weights
@@ -201,7 +201,7 @@ def test_builtin_model_keeps_modelling_text_at_half_sparsity() -> None:
 
     model, tok = actkit.load("builtin:toy-dense")
     heldout = corpus.texts(16, split="heldout")
-    pruned, report = prune_weights(model, tok, "wanda", 0.5, calibration=calibration_texts(documents=16))
+    pruned, report = prune_weights(model, tok, "wanda", 0.5, calibration=builtin_calibration(documents=16))
     dense, after = perplexity(model, tok, heldout), perplexity(pruned, tok, heldout)
     assert report["achieved_sparsity"] == 0.5
     assert after < dense * 1.25, (dense, after)
@@ -225,3 +225,11 @@ def test_bad_input(kwargs: dict, needle: str) -> None:
 def test_calibrated_methods_need_a_tokenizer() -> None:
     with pytest.raises(ActkitError, match="needs the model's tokenizer"):
         prune_weights(build("llama"), None, "sparsegpt", 0.5)
+
+
+def test_calibrated_methods_need_calibration_text_passed_in() -> None:
+    # the pillar has no default text: calibrating a user's model on the toy corpus silently would be wrong
+    with pytest.raises(ActkitError, match="needs calibration text: pass calibration=calibration_texts"):
+        prune_weights(build("llama"), CharTokenizer(), "wanda", 0.5)
+    with pytest.raises(ActkitError, match="one string; give a list of documents"):
+        prune_weights(build("llama"), CharTokenizer(), "wanda", 0.5, calibration="one long document")

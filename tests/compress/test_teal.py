@@ -9,6 +9,7 @@ import torch
 import actkit
 from actkit import Capture, collect
 from actkit.builtin import corpus
+from actkit.builtin.calibration import builtin_calibration
 from actkit.compress import activation
 from actkit.compress.activation import (
     ActivationSparsity,
@@ -17,7 +18,7 @@ from actkit.compress.activation import (
     calibrate_teal_batches,
     plan_activation_sparsity,
 )
-from actkit.compress.calibration import Calibration, calibration_texts
+from actkit.compress.calibration import Calibration
 from actkit.compress.projections import input_groups, input_sites, projections
 from actkit.core.collect import token_batches
 from actkit.core.stats import MagnitudeHistogram
@@ -42,7 +43,7 @@ def toy():
 @pytest.fixture(scope="module")
 def toy_calibration(toy):
     model, tokenizer = toy
-    return calibrate_teal(model, tokenizer, calibration_texts(documents=128))
+    return calibrate_teal(model, tokenizer, builtin_calibration(documents=128))
 
 
 def tiny_batches(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -82,3 +82,21 @@ def test_perplexity_equals_direct_computation(dense) -> None:
         total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
         count += ids.shape[1] - 1
     assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_the_english_lexicon_covers_the_vocabulary_the_toy_models_learned() -> None:
+    # the toy models' behaviours are judged with the default lexicon: every word they were taught must count
+    from actkit.builtin import corpus
+    from actkit.evaluate.lexicon import ENGLISH
+
+    assert set(corpus.POSITIVE) <= ENGLISH.positive and set(corpus.NEGATIVE) <= ENGLISH.negative
+    assert set(corpus.REFUSAL_PREFIXES) <= set(ENGLISH.refusal_openers)
+
+
+def test_a_lexicon_is_data_the_caller_passes() -> None:
+    from actkit.evaluate.lexicon import ENGLISH
+
+    kitchen = ENGLISH.extended(positive=["Crispy"], negative=["soggy"], refusal_openers=["Nope"])
+    assert sentiment_score("crispy crispy and soggy") == 0
+    assert sentiment_score("crispy crispy and soggy", kitchen) == 1
+    assert not is_refusal("Nope, not that.") and is_refusal("Nope, not that.", kitchen)

@@ -31,7 +31,7 @@ model's weights are never changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
+from actkit.compress.calibration import Calibration, as_calibration, require_tokens
 from actkit.compress.projections import Projection, input_sites, projections
 from actkit.core.collect import collect
 from actkit.core.hooks import Read, tap
@@ -221,29 +221,29 @@ def calibrate_teal_batches(model: nn.Module, batches: Iterable[tuple[torch.Tenso
     return reads.result(by_site, own, tokens)
 
 
-def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | None = None, *,
+def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | Sequence[str], *,
                    max_length: int | None = None, batch_size: int = 8) -> TealCalibration:
-    """TEAL's histograms over calibration text (default: the built-in corpus's training split), by `collect`.
+    """TEAL's histograms over calibration text, by `collect`.
 
     Arguments:
         model: the dense model (it is run, not changed).
         tokenizer: its tokenizer.
-        calibration: the text, from `calibration_texts` (a file or the built-in training split).
+        calibration: the text: a `Calibration` (from `calibration_texts`) or a list of documents.
         max_length: documents are split into chunks of at most this many tokens (default the model's context).
         batch_size: chunks per forward pass.
 
     Returns:
         A `TealCalibration` whose ``record`` says what text it saw (source, seed, documents, tokens).
     """
-    calibration = calibration or calibration_texts()
+    calib = as_calibration(calibration, "TEAL's calibration")
     reads = _TealReads.of(model)
     unsited = reads.unsited()
-    found = collect(model, calibration.texts, [*reads.site_list(), *unsited], {"hist": MagnitudeHistogram},
+    found = collect(model, calib.texts, [*reads.site_list(), *unsited], {"hist": MagnitudeHistogram},
                     tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     own = {name: found[str(site)]["hist"] for site, name in unsited.items()}
     result = reads.result({s: found[str(s)]["hist"] for s in reads.site_list()}, own, found.tokens)
-    require_tokens(result.tokens, MIN_TEAL_TOKENS, calibration.source)
-    result.record = calibration.record(result.tokens)
+    require_tokens(result.tokens, MIN_TEAL_TOKENS, calib.source)
+    result.record = calib.record(result.tokens)
     return result
 
 
@@ -362,13 +362,13 @@ def activation_sparsity(model: nn.Module, plan: SparsityPlan) -> Iterator[Sparsi
 
 
 def prepare_activation_sparsity(model: nn.Module, tokenizer: Any, spec: str | ActivationSparsity, *,
-                                calibration: Calibration | None = None,
+                                calibration: Calibration | Sequence[str] | None = None,
                                 max_length: int | None = None) -> SparsityPlan:
-    """Parse `spec` and plan it for `model`, calibrating TEAL on `calibration` (default built-in training text)."""
+    """Parse `spec` and plan it for `model`, calibrating TEAL on `calibration` (TEAL needs it; WINA does not)."""
     parsed = ActivationSparsity.parse(spec)
     teal = None
     if parsed.method == "teal" and parsed.sparsity > 0:
-        teal = calibrate_teal(model, tokenizer, calibration, max_length=max_length)
+        teal = calibrate_teal(model, tokenizer, as_calibration(calibration, "TEAL"), max_length=max_length)
     return plan_activation_sparsity(model, parsed, calibration=teal)
 
 

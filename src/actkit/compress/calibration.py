@@ -1,21 +1,22 @@
 """The text every compression method calibrates on, and the record of it that goes into each report.
 
-Pruning decisions depend on the calibration text, so the text, its size and its seed are part of the result:
-the default is a deterministic slice of the built-in corpus's training split (never the held-out split that the
-evaluation reads), and a user's file is read one document per line.
+Pruning decisions depend on the calibration text, so the text, its size and its seed are part of the result.
+The pillar has no default text of its own: a user's file is read one document per line, a list of documents is
+taken as it is, and the command line passes the built-in corpus's training split when no file is given
+(`actkit.builtin.calibration`), so that a model is never calibrated silently on text chosen for another.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from actkit.builtin import corpus
 from actkit.core.collect import read_texts
 from actkit.errors import ActkitError
 
-#: Documents drawn from the built-in corpus when no text file is given.
+#: Calibration documents the command line reads by default.
 DEFAULT_DOCUMENTS = 256
 
 
@@ -34,14 +35,27 @@ class Calibration:
         return {**fields, "documents": len(self.texts), "tokens": tokens}
 
 
-def calibration_texts(text_file: str | Path | None = None, *, documents: int = DEFAULT_DOCUMENTS,
-                      seed: int = 0) -> Calibration:
-    """`documents` training documents of the built-in corpus drawn with `seed`, or the lines of `text_file`."""
+def calibration_texts(text_file: str | Path, *, documents: int = DEFAULT_DOCUMENTS, seed: int = 0) -> Calibration:
+    """The first `documents` lines of `text_file` (one document per line), recorded with its path."""
     if documents <= 0:
         raise ActkitError(f"calibration needs at least one document, got {documents}")
-    if text_file is not None:
-        return Calibration(read_texts(text_file)[:documents], str(text_file), seed)
-    return Calibration(corpus.texts(documents, split="train", seed=seed), "builtin:train", seed)
+    return Calibration(read_texts(text_file)[:documents], str(text_file), seed)
+
+
+def as_calibration(calibration: Calibration | Sequence[str] | None, needed_by: str) -> Calibration:
+    """A `Calibration` from what a caller gave (one, or a list of documents); None is an error naming the fix."""
+    if calibration is None:
+        raise ActkitError(f"{needed_by} needs calibration text: pass calibration=calibration_texts('file.txt') "
+                          "(one document per line) or a list of documents, such as text like the model's use "
+                          "(the command line uses the built-in corpus: actkit.builtin.calibration.builtin_calibration())")
+    if isinstance(calibration, Calibration):
+        return calibration
+    if isinstance(calibration, str):
+        raise ActkitError("calibration is one string; give a list of documents or calibration_texts('file.txt')")
+    texts = [str(t) for t in calibration]
+    if not texts:
+        raise ActkitError("the calibration text list is empty; give at least one document")
+    return Calibration(texts, "texts", 0)
 
 
 def require_tokens(tokens: int, minimum: int, source: str) -> None:
@@ -51,4 +65,4 @@ def require_tokens(tokens: int, minimum: int, source: str) -> None:
                           f"{minimum}: give a longer --text file (one document per line) or more documents")
 
 
-__all__ = ["DEFAULT_DOCUMENTS", "Calibration", "calibration_texts", "require_tokens"]
+__all__ = ["DEFAULT_DOCUMENTS", "Calibration", "as_calibration", "calibration_texts", "require_tokens"]

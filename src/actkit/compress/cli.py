@@ -30,7 +30,7 @@ from actkit.cli_common import (
     group,
     show_progress,
 )
-from actkit.compress.calibration import DEFAULT_DOCUMENTS
+from actkit.compress.calibration import DEFAULT_DOCUMENTS, Calibration
 from actkit.errors import ActkitError
 from actkit.io import check_output_folder
 
@@ -50,6 +50,16 @@ EvalDocumentsOption = Annotated[int, typer.Option("--eval-documents", help="Held
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Documents per forward pass.")]
 ReplaceOption = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
 ReportJsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON only, on stdout.")]
+
+
+def calibration_from(text: Path | None, documents: int, seed: int) -> Calibration:
+    """The calibration text of a command: the lines of ``--text``, else the built-in corpus's training split."""
+    from actkit.builtin.calibration import builtin_calibration
+    from actkit.compress.calibration import calibration_texts
+
+    if text is not None:
+        return calibration_texts(text, documents=documents, seed=seed)
+    return builtin_calibration(documents, seed)
 
 
 def check_run_options(out: Path, force: bool, calibration_documents: int, eval_documents: int,
@@ -153,7 +163,6 @@ def weights_command(
 ) -> None:
     """Prune the linear layers of every block (magnitude, Wanda, SparseGPT or DaSS; unstructured or N:M) and
     export an ordinary Hugging Face checkpoint with pruning.json."""
-    from actkit.compress.calibration import calibration_texts
     from actkit.compress.export import export_pruned
     from actkit.compress.masks import parse_pattern, resolve_sparsity
     from actkit.compress.weights import METHODS, prune_weights
@@ -164,8 +173,7 @@ def weights_command(
             raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
         resolve_sparsity(sparsity, parse_pattern(pattern))
         check_run_options(out, force, calibration_documents, eval_documents, batch_size)
-        calibration = None if method == "magnitude" else calibration_texts(text, documents=calibration_documents,
-                                                                            seed=seed)
+        calibration = None if method == "magnitude" else calibration_from(text, calibration_documents, seed)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         heldout = HeldoutPerplexity(loaded, tokenizer, eval_documents)
         with _progress(show_progress(as_json)) as on_block:

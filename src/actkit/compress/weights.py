@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
+from actkit.compress.calibration import Calibration, as_calibration, require_tokens
 from actkit.compress.layerwise import Stats, layer_by_layer
 from actkit.compress.masks import NMPattern, check_divisible, make_mask, parse_pattern, resolve_sparsity
 from actkit.compress.scores import DASS_ALPHA, dass_expand, input_norms, magnitude, wanda
@@ -150,8 +150,8 @@ def prune_weights(
         method: ``magnitude``, ``wanda``, ``sparsegpt`` or ``dass`` (see the module docstring).
         sparsity: fraction of each layer's weights to remove, in [0, 1); implied by `pattern` when omitted.
         pattern: ``"N:M"`` (keep N of every M consecutive weights), or None for unstructured sparsity.
-        calibration: a `Calibration` (from `calibration_texts`), a list of documents, or None for the default
-            (`actkit.compress.calibration.DEFAULT_DOCUMENTS` training documents of the built-in corpus, seed 0).
+        calibration: a `Calibration` (from `calibration_texts`) or a list of documents; every method but
+            magnitude needs it.
         keep_attention_dense: prune the MLP layers only.
         batch_size: calibration documents per forward pass.
         max_length: cap on a calibration chunk's tokens (default the model's context).
@@ -176,6 +176,7 @@ def prune_weights(
             check_divisible(tuple(t.weight.shape), nm, _group_dim(method, t), t.name)
     if method != "magnitude" and tokenizer is None:
         raise ActkitError(f"method {method!r} calibrates on text and needs the model's tokenizer")
+    calib = None if method == "magnitude" else as_calibration(calibration, f"pruning with {method}")
     pruned = copy.deepcopy(model).eval()
     by_name = dict(pruned.named_modules())
     work = [Target(t.name, t.layer, by_name[t.name], t.kind, t.down, t.repeat, t.glu) for t in targets]
@@ -186,7 +187,7 @@ def prune_weights(
             for t in work:
                 details[t.name] = _prune_scored(t, magnitude(t.weight), target, nm, None)
     else:
-        calib = _as_calibration(calibration)
+        assert calib is not None
         limit = min(context_length(pruned, tokenizer), max_length or 10**9)
         batches = list(token_batches(calib.texts, tokenizer, limit=limit, batch_size=batch_size))
         tokens = sum(b.tokens for b in batches)
@@ -214,17 +215,6 @@ def prune_weights(
         {"dass_alpha": dass_alpha} if method == "dass" else {})
     report["seconds"] = round(time.perf_counter() - start, 3)
     return pruned, report
-
-
-def _as_calibration(calibration: Calibration | Sequence[str] | None) -> Calibration:
-    if calibration is None:
-        return calibration_texts()
-    if isinstance(calibration, Calibration):
-        return calibration
-    texts = [str(t) for t in calibration]
-    if not texts:
-        raise ActkitError("the calibration text list is empty; give documents or leave calibration unset")
-    return Calibration(texts, "texts", 0)
 
 
 def _group_dim(method: str, t: Target) -> int:
@@ -265,7 +255,7 @@ def _report(method: str, sparsity: float, nm: NMPattern | None, keep_attention_d
             calibration: dict[str, Any] | None) -> dict[str, Any]:
     import transformers
 
-    import actkit
+    from actkit.version import __version__
 
     modules: dict[str, Any] = {}
     zeros = total = 0
@@ -287,7 +277,7 @@ def _report(method: str, sparsity: float, nm: NMPattern | None, keep_attention_d
         "calibration": calibration,
         "modules": modules,
         "skipped": skipped,
-        "versions": {"actkit": actkit.__version__, "torch": torch.__version__,
+        "versions": {"actkit": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__},
     }
 

@@ -6,7 +6,9 @@ left padding, cut at the model's EOS) and
 string-level detectors that are deliberately simple and documented, so a number can be traced back to text:
 
 - `is_refusal`: the reply starts with a refusal opener (``"I cannot"``, ``"Sorry"``, ...) or says it cannot help.
-- `sentiment_score`: positive minus negative lexicon words (the built-in corpus' lexicons plus common words).
+- `sentiment_score`: positive minus negative lexicon words.
+
+The words are data: each detector and scorer takes a `Lexicon` (default `ENGLISH`, see `lexicon`).
 - name check: the first word of the continuation is the expected name.
 """
 
@@ -16,35 +18,29 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from actkit.builtin.corpus import NEGATIVE, POSITIVE, REFUSAL_PREFIXES
 from actkit.core.generate import generate
 from actkit.errors import ActkitError
+from actkit.evaluate.lexicon import ENGLISH, Lexicon
 
-#: Words the sentiment scorer counts (lower case, whole words).
-POSITIVE_WORDS = frozenset(POSITIVE) | {"good", "nice", "love", "like", "liked", "enjoy", "glad", "awesome",
-                                        "recommended", "fun", "pleased"}
-NEGATIVE_WORDS = frozenset(NEGATIVE) | {"hate", "dislike", "disappointing", "disappointed", "unpleasant",
-                                        "mediocre", "annoying", "never", "waste"}
-_REFUSAL_PHRASES = ("cannot help", "can't help", "can not help", "won't help", "unable to help", "not able to help")
 _WORD = re.compile(r"[a-z']+")
 
 
-def is_refusal(text: str) -> bool:
+def is_refusal(text: str, lexicon: Lexicon = ENGLISH) -> bool:
     """Whether a reply refuses: it opens with a refusal (``"I cannot"``, ``"Sorry"``, ...) or says it cannot help."""
     stripped = text.strip()
     lowered = stripped.lower()
-    return stripped.startswith(REFUSAL_PREFIXES) or any(p in lowered for p in _REFUSAL_PHRASES)
+    return stripped.startswith(lexicon.refusal_openers) or any(p in lowered for p in lexicon.refusal_phrases)
 
 
-def sentiment_score(text: str) -> int:
+def sentiment_score(text: str, lexicon: Lexicon = ENGLISH) -> int:
     """Positive minus negative lexicon words in `text` (whole words, case-insensitive)."""
     words = _WORD.findall(text.lower())
-    return sum(w in POSITIVE_WORDS for w in words) - sum(w in NEGATIVE_WORDS for w in words)
+    return sum(w in lexicon.positive for w in words) - sum(w in lexicon.negative for w in words)
 
 
-def sentiment_label(text: str) -> str:
+def sentiment_label(text: str, lexicon: Lexicon = ENGLISH) -> str:
     """``"positive"``, ``"negative"`` or ``"neutral"`` by the sign of `sentiment_score`."""
-    score = sentiment_score(text)
+    score = sentiment_score(text, lexicon)
     return "positive" if score > 0 else "negative" if score < 0 else "neutral"
 
 
@@ -55,25 +51,25 @@ def first_word(text: str) -> str:
 
 
 def refusal_rate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 8,
-                 batch_size: int = 32) -> float:
+                 batch_size: int = 32, lexicon: Lexicon = ENGLISH) -> float:
     """Fraction of `prompts` whose greedy reply `is_refusal`; prompts are complete, e.g. ``"User: ...\\nAssistant:"``."""
     replies = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
-    return _mean([is_refusal(r) for r in replies])
+    return _mean([is_refusal(r, lexicon) for r in replies])
 
 
 def sentiment_agreement(model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str],
-                        max_new_tokens: int = 24, batch_size: int = 32) -> float:
+                        max_new_tokens: int = 24, batch_size: int = 32, lexicon: Lexicon = ENGLISH) -> float:
     """Fraction of `prompts` whose greedy continuation has the sentiment in `labels` (positive/negative)."""
     _same_length(prompts, labels)
     continuations = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
-    return _mean([sentiment_label(c) == label for c, label in zip(continuations, labels, strict=True)])
+    return _mean([sentiment_label(c, lexicon) == label for c, label in zip(continuations, labels, strict=True)])
 
 
 def positive_rate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 24,
-                  batch_size: int = 32) -> float:
+                  batch_size: int = 32, lexicon: Lexicon = ENGLISH) -> float:
     """Fraction of greedy continuations that are positive: the number a sentiment steering vector moves."""
     continuations = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
-    return _mean([sentiment_label(c) == "positive" for c in continuations])
+    return _mean([sentiment_label(c, lexicon) == "positive" for c in continuations])
 
 
 def name_mover_accuracy(model: Any, tokenizer: Any, prompts: Sequence[str], names: Sequence[str],
@@ -102,5 +98,5 @@ def _mean(flags: list[bool]) -> float:
     return sum(flags) / len(flags)
 
 
-__all__ = ["NEGATIVE_WORDS", "POSITIVE_WORDS", "first_word", "is_refusal", "name_mover_accuracy",
+__all__ = ["first_word", "is_refusal", "name_mover_accuracy",
            "positive_rate", "refusal_rate", "sentiment_agreement", "sentiment_label", "sentiment_score"]

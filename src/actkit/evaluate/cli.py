@@ -60,7 +60,8 @@ def perplexity_command(
     """Perplexity of a model on held-out text at a fixed, stated context, optionally with activation sparsity."""
     from actkit.compress.activation import ActivationSparsity, prepare_activation_sparsity
     from actkit.compress.activation import activation_sparsity as sparsified
-    from actkit.compress.calibration import calibration_texts
+    from actkit.compress.calibration import DEFAULT_DOCUMENTS
+    from actkit.compress.cli import calibration_from
     from actkit.core.collect import context_length, read_texts
     from actkit.evaluate.perplexity import nll
     from actkit.models import load
@@ -77,7 +78,7 @@ def perplexity_command(
         if calibration_text is not None and (spec is None or spec.method != "teal"):
             raise ActkitError("--calibration-text is only used by TEAL; give --activation-sparsity teal:S")
         texts = _texts(text, documents, read_texts)
-        calibration = calibration_texts(calibration_text) if calibration_text is not None else None
+        calibration = calibration_from(calibration_text, DEFAULT_DOCUMENTS, 0) if spec and spec.method == "teal" else None
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         limit = context_length(loaded, tokenizer)
         if context is not None and context > limit:

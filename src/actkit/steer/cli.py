@@ -336,10 +336,14 @@ def _activation_sparsity(model: Any, tokenizer: Any, spec: str | None, rows: int
 
     if spec is None:
         return nullcontext()
-    from actkit.compress.activation import prepare_activation_sparsity
+    from actkit.compress.activation import ActivationSparsity, prepare_activation_sparsity
+    from actkit.compress.calibration import DEFAULT_DOCUMENTS
+    from actkit.compress.cli import calibration_from
     from actkit.compress.sparse_decode import sparsity_for
 
-    return sparsity_for(model, prepare_activation_sparsity(model, tokenizer, spec), rows)
+    teal = ActivationSparsity.parse(spec).method == "teal"
+    calibration = calibration_from(None, DEFAULT_DOCUMENTS, 0) if teal else None
+    return sparsity_for(model, prepare_activation_sparsity(model, tokenizer, spec, calibration=calibration), rows)
 
 
 

@@ -28,6 +28,7 @@ from actkit.compress.cli import (
     ReportJsonOption,
     SeedOption,
     TextOption,
+    calibration_from,
     check_run_options,
     evaluation_lines,
     show_report,
@@ -101,7 +102,6 @@ def experts_command(
     """Prune (REAP, EAN, frequency) or merge the experts of every MoE block to a kept fraction and export an
     ordinary Hugging Face checkpoint with a report."""
     from actkit.cli_common import bad_input
-    from actkit.compress.calibration import calibration_texts
     from actkit.compress.experts.prune import prune_experts
     from actkit.compress.experts.scores import parse_experts
     from actkit.models import load
@@ -113,7 +113,7 @@ def experts_command(
         kept = parse_keep(keep)
         check_run_options(out, force, calibration_documents, eval_documents, batch_size)
         protected = parse_experts(protect) if protect is not None else []
-        calibration = calibration_texts(text, documents=calibration_documents, seed=seed)
+        calibration = calibration_from(text, calibration_documents, seed)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         heldout = HeldoutPerplexity(loaded, tokenizer, eval_documents)
         pruned, report = prune_experts(loaded, tokenizer, method=method, keep=_as_library_keep(kept, loaded),

@@ -9,14 +9,14 @@ JSON report of what was kept, removed or merged, the scores, the routing statist
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from actkit.compress.calibration import Calibration, calibration_texts, require_tokens
+from actkit.compress.calibration import Calibration, as_calibration, require_tokens
 from actkit.compress.experts.merge import Group, merge_groups
 from actkit.compress.experts.routing import moe_layers
 from actkit.compress.experts.scores import (
@@ -101,7 +101,7 @@ def prune_experts(
     *,
     method: str = "reap",
     keep: float = 0.5,
-    calibration: Calibration | None = None,
+    calibration: Calibration | Sequence[str] | None = None,
     protect: Iterable[ExpertId] = (),
     every_token: bool = False,
     reap_gate: str = "applied",
@@ -117,7 +117,7 @@ def prune_experts(
         tokenizer: its tokenizer.
         method: ``reap``, ``ean``, ``frequency`` (see `scores`) or ``merge`` (see `merge`).
         keep: a fraction in (0, 1] of each block's experts, or a whole number of experts; at least top-k.
-        calibration: the text to route (default `calibration_texts()`: 256 training documents of the built-in corpus).
+        calibration: the text to route: a `Calibration` (from `calibration_texts`) or a list of documents.
         protect: (block, expert) pairs kept whatever their score.
         every_token: compute expert outputs on every token for the statistics (REAP's reference observer).
         reap_gate: ``applied`` or ``softmax``: the gate REAP weighs the norms with (see `scores`).
@@ -133,7 +133,7 @@ def prune_experts(
     protect = list(protect)
     count = kept_count(keep, layers[0].num_experts, layers[0].top_k)  # refuse bad input before calibrating
     check_protect(protect, [m.layer for m in layers], layers[0].num_experts, count)
-    calib = calibration if calibration is not None else calibration_texts()
+    calib = as_calibration(calibration, f"expert pruning with {method}")
     start = time.perf_counter()
     stats = expert_stats(model, tokenizer, calib.texts, every_token=every_token, batch_size=batch_size,
                          max_tokens=max_tokens)
