@@ -8,7 +8,10 @@ The public API:
 - `tap(model, read=..., write=...)`: read and write activations at sites inside a ``with`` block.
 - Positions (`All`, `Last`, `Prompt`, `Generated`, `From`, `At`) and interventions (`Add`, `Set`, `Apply`).
 - Streaming reducers (`Mean`, `Moments`, `NormHistogram`, `TopK`, `ActiveFraction`, `Covariance`).
-- `collect(model, texts, sites, reducers, tokenizer=...)`: run a model over texts and reduce activations.
+- `collect(model, texts, sites, reducers, tokenizer=...)`: run a model over texts and reduce activations;
+  `next_token_nll` is the one next-token loss.
+- `linears(model)`: every block's linear layers with their role; `resolve_layers(model, layers)`: the one rule for
+  block indices (negative from the end).
 - `generate(model, tokenizer, prompts, writes=...)`: batched, left-padded generation under interventions (the one
   generation function every pillar, the demo and the server use).
 - `profile(model, tokenizer, texts)`: the per-block activation profile behind ``actkit profile`` (norms, massive
@@ -17,10 +20,12 @@ The public API:
 
 from actkit.core import families as _families  # noqa: F401  (registers the anatomy tables)
 from actkit.core.anatomy import Anatomy, Experts, Family, Hook, register_family
-from actkit.core.collect import Collection, collect, read_texts
+from actkit.core.collect import Collection, collect, next_token_nll, read_texts
 from actkit.core.generate import generate, generate_ids
 from actkit.core.hooks import Capture, Read, Tap, tap
 from actkit.core.interventions import Add, Apply, Intervention, Set
+from actkit.core.layers import resolve_layers
+from actkit.core.linears import Linear, linears
 from actkit.core.positions import (
     All,
     At,
@@ -41,7 +46,8 @@ from actkit.version import __version__ as __version__
 
 __all__ = [
     "ActiveFraction", "ActkitError", "Add", "All", "Anatomy", "Apply", "At", "Capture", "Collection",
-    "Covariance", "Experts", "Family", "From", "Generated", "Hook", "Intervention", "Last", "Mean", "Moments",
+    "Covariance", "Experts", "Family", "From", "Generated", "Hook", "Intervention", "Last", "Linear", "Mean", "Moments",
     "NormHistogram", "Positions", "Prompt", "Read", "Set", "Site", "StepContext", "Tap", "TopK", "collect",
-    "generate", "generate_ids", "load", "parse_positions", "profile", "read_texts", "register_family", "tap",
+    "generate", "generate_ids", "linears", "load", "next_token_nll", "parse_positions", "profile", "read_texts",
+    "register_family", "resolve_layers", "tap",
 ]

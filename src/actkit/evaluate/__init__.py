@@ -1,9 +1,13 @@
-"""Evaluation: how well a model models text, and whether a behaviour is there (before and after an edit).
+"""Evaluation: how well a model models text, whether a behaviour is there, and what an edit costs.
 
-- `perplexity(model, tokenizer, texts)`: exp of the mean next-token loss.
+- `perplexity(model, tokenizer, texts)`: exp of the mean next-token loss (the core's `next_token_nll`).
 - Behaviour scorers (greedy, batched, left padding): `refusal_rate`, `sentiment_agreement`, `positive_rate`,
   `name_mover_accuracy`, built on the string detectors `is_refusal`, `sentiment_score` / `sentiment_label`
-  and `first_word`, and on the core's `actkit.generate`.
+  and `first_word`, and on the core's `actkit.generate`. The words they count are a `Lexicon` the caller may
+  pass (default `ENGLISH`).
+- Steering: `sweep` (behaviour, KL and perplexity over coefficients), `random_control` (a random direction of
+  the same norm), `kl_to_base`, `steered_perplexity`, and the completion scores `positive_fraction`,
+  `refusal_fraction`, `mention_fraction`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,19 @@ from actkit.evaluate.behaviours import (
     sentiment_label,
     sentiment_score,
 )
+from actkit.evaluate.lexicon import ENGLISH, Lexicon
 from actkit.evaluate.perplexity import nll, perplexity
+from actkit.evaluate.shift import (
+    kl_to_base,
+    mention_fraction,
+    positive_fraction,
+    random_control,
+    refusal_fraction,
+    steered_perplexity,
+    sweep,
+)
 
-__all__ = ["first_word", "is_refusal", "name_mover_accuracy", "nll", "perplexity", "positive_rate",
-           "refusal_rate", "sentiment_agreement", "sentiment_label", "sentiment_score"]
+__all__ = ["ENGLISH", "Lexicon", "first_word", "is_refusal", "kl_to_base", "mention_fraction",
+           "name_mover_accuracy", "nll", "perplexity", "positive_fraction", "positive_rate", "random_control",
+           "refusal_fraction", "refusal_rate", "sentiment_agreement", "sentiment_label", "sentiment_score",
+           "steered_perplexity", "sweep"]

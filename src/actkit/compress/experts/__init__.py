@@ -24,8 +24,8 @@ from actkit.compress.experts.mote import (
 )
 from actkit.compress.experts.prune import REPORT_FILE, ExpertPlan, export_experts, plan_experts, prune_experts
 from actkit.compress.experts.routing import MoeLayer, moe_layers, route
+from actkit.compress.experts.scores import METHODS as EXPERT_METHODS
 from actkit.compress.experts.scores import (
-    METHODS,
     SCORES,
     kept_count,
     parse_experts,
@@ -37,7 +37,7 @@ from actkit.compress.experts.stats import ExpertStats, expert_stats
 from actkit.compress.experts.switch import switch_experts
 
 __all__ = [
-    "METHODS", "REPORT_FILE", "SCORES", "BehaviourExperts", "ExpertPlan", "ExpertStats", "Group", "MoeLayer",
+    "EXPERT_METHODS", "REPORT_FILE", "SCORES", "BehaviourExperts", "ExpertPlan", "ExpertStats", "Group", "MoeLayer",
     "behaviour_experts", "expert_stats", "export_experts", "kept_count", "merge_groups", "merged_parameters",
     "moe_layers", "parse_experts", "plan_experts", "prune_experts", "random_experts", "route", "router_similarity",
     "routing_frequency", "score_experts", "select_experts", "slice_experts", "switch_experts",
