@@ -67,8 +67,6 @@ def patch_command(
             check_writable(out, OUT_FILES, overwrite=force)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         pair = prompt_pair(tokenizer, clean, corrupt, answer, foil)
-        pair = type(pair)(pair.clean.to(loaded.device), pair.corrupt.to(loaded.device), pair.answer, pair.foil,
-                          pair.tokens)
         if method == "exact":
             result = activation_patching(loaded, pair, site, metric=metric, direction=direction,
                                          batch_size=batch_size)
