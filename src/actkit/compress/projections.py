@@ -27,7 +27,7 @@ from torch import nn
 
 from actkit.core.anatomy import Anatomy
 from actkit.core.hooks import Read, tap
-from actkit.core.linears import linears
+from actkit.core.linears import Linear, linears
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
@@ -36,26 +36,13 @@ INPUT_SITES = ("attn_in", "attn_hidden", "mlp_in", "mlp_hidden")
 
 
 @dataclass(frozen=True)
-class Projection:
-    """One linear layer inside block `layer`, named by its path in the model (``model.layers.3.mlp.up_proj``)."""
-
-    name: str
-    layer: int
-    path: str
-    module: nn.Module
-
-    @property
-    def in_features(self) -> int:
-        return int(self.weight().shape[1])
-
-    @property
-    def out_features(self) -> int:
-        return int(self.weight().shape[0])
+class Projection(Linear):
+    """One linear layer inside block `layer` (a `Linear` of the core), read without autograd: what compression
+    scores and sparsifies."""
 
     def weight(self) -> torch.Tensor:
         """The weight as (out, in), whatever the module's storage (``Conv1D`` keeps (in, out)); never a copy."""
-        w: torch.Tensor = self.module.weight  # type: ignore[assignment]
-        return w.detach() if isinstance(self.module, nn.Linear) else w.detach().t()
+        return super().weight().detach()
 
     def bias(self) -> torch.Tensor | None:
         b = getattr(self.module, "bias", None)
@@ -64,7 +51,7 @@ class Projection:
 
 def projections(model: nn.Module) -> list[Projection]:
     """Every linear layer inside the blocks of `model`, in forward order; an error when there is none."""
-    found = [Projection(lin.name, lin.layer, lin.path, lin.module) for lin in linears(model)]
+    found = [Projection(lin.name, lin.layer, lin.path, lin.module, lin.role, lin.writer) for lin in linears(model)]
     if not found:
         raise ActkitError(f"{type(model).__name__} has no linear layers inside its blocks, so there is nothing for "
                           "activation sparsity to act on")
