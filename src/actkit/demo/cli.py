@@ -56,9 +56,9 @@ def demo_command(
         if log:
             log(f"loading {model}")
         loaded, tokenizer = load(model, dtype=dtype, device=device)
-        result = run_demo(loaded, tokenizer, model, out, prompts=prompts, max_new_tokens=max_new_tokens,
-                          overwrite=force, experiments=experiments, log=log)
-        written = write_steering_report(result, out, overwrite=force)
+        result, vectors = run_demo(loaded, tokenizer, model, prompts=prompts, max_new_tokens=max_new_tokens,
+                                   experiments=experiments, log=log)
+        written = write_steering_report(result, out, vectors=vectors, overwrite=force)
     if as_json:
         typer.echo(to_json(result))
         return
@@ -69,7 +69,8 @@ def demo_command(
             console.print(Text(example["prompt"], style="bold"))
             console.print(Text.assemble(("  plain:   ", "dim"), example["plain"].strip()))
             console.print(Text.assemble((f"  steered ({exp['example_coef']:g}): ", "dim"), example["steered"].strip()))
-    console.print(f"wrote {', '.join(str(p) for p in written)} and {len(experiments)} vectors in "
+    report = [p for p in written if p.name in REPORT_FILES]
+    console.print(f"wrote {', '.join(str(p) for p in report)} and {len(vectors)} vectors in "
                   f"{out / 'vectors'} ({result['seconds']:.0f} s)")
 
 

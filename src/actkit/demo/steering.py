@@ -1,10 +1,12 @@
 """The steering demo: train vectors from shipped pairs, steer, compare with the plain model, and report.
 
-This is actkit's main job in one call: for each `Experiment` it trains a vector, sweeps a few coefficients, and
+This is actkit's main job: for each `Experiment`, `run_demo` trains a vector, sweeps a few coefficients, and
 measures what each buys (a behaviour score of greedy continuations) and what it costs (KL to the plain model and
 perplexity on reference text), beside a random direction of the same norm, so that an effect is only credited to
 the direction when the random one does not produce it. Real models get a sentiment and a topic (weddings, ActAdd's
 example) experiment; the built-in toy models get sentiment and refusal, the behaviours their corpus teaches.
+Nothing is written until every experiment is done: `actkit.report.steering.write_steering_report` then writes the
+report and the vectors in one step.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -21,12 +22,13 @@ from actkit.builtin.corpus import eval_set, texts
 from actkit.core.anatomy import Anatomy
 from actkit.errors import ActkitError
 from actkit.evaluate.shift import Score, mention_fraction, random_control, sweep
+from actkit.models.naming import model_name
 from actkit.observe.default_text import default_texts
 from actkit.report.steering import environment
 from actkit.steer.directions import train_vector
 from actkit.steer.layers import select_layers
 from actkit.steer.pairs import pairs_path, read_pairs
-from actkit.steer.vectors import SteeringVector, model_name, save_vector
+from actkit.steer.vectors import SteeringVector
 
 #: Neutral openings whose continuation a sentiment vector should colour.
 SENTIMENT_PROMPTS = (
@@ -179,31 +181,46 @@ def run_experiment(model: nn.Module, tokenizer: Any, experiment: Experiment, ref
 
 
 def vector_files(experiments: Sequence[Experiment]) -> list[str]:
-    """The vector files `run_demo` writes, relative to its folder."""
+    """The vector files of the demo's folder, relative to it, one per experiment."""
     return [f"vectors/{e.name}.safetensors" for e in experiments]
 
 
-def run_demo(model: nn.Module, tokenizer: Any, spec: str, out_dir: str | Path, *, prompts: int = 8,
-             max_new_tokens: int = 24, overwrite: bool = False, experiments: Sequence[Experiment] | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every experiment on `model`, save the vectors under ``out_dir/vectors``, return the results.
+def run_demo(model: nn.Module, tokenizer: Any, spec: str, *, prompts: int = 8, max_new_tokens: int = 24,
+             experiments: Sequence[Experiment] | None = None, log: Callable[[str], None] | None = None,
+             ) -> tuple[dict[str, Any], dict[str, SteeringVector]]:
+    """Run every experiment on `model`; write nothing.
 
-    `log` receives one line as each experiment starts (the CLI shows it on stderr).
+    The results and the vectors are written together afterwards by
+    `actkit.report.steering.write_steering_report`, so that a run stopped half-way leaves no vector without its
+    report.
+
+    Arguments:
+        model: the model to steer.
+        tokenizer: its tokenizer.
+        spec: what the user typed to load it (``builtin:`` models get the toy experiments; recorded in the results).
+        prompts: prompts per experiment.
+        max_new_tokens: tokens generated per prompt.
+        experiments: the experiments to run; None: `experiments_for(spec)`.
+        log: receives one line as each experiment starts (the CLI shows it on stderr).
+
+    Returns:
+        The JSON-ready results (each experiment's ``vector_file`` is where its vector goes, relative to the report's
+        folder) and the vectors, keyed by that file name.
     """
     chosen = tuple(experiments) if experiments is not None else experiments_for(spec)
     reference = reference_texts(spec)
-    folder = Path(out_dir)
     start = time.perf_counter()
     results = []
-    for experiment in chosen:
+    vectors = {}
+    for experiment, file in zip(chosen, vector_files(chosen), strict=True):
         if log is not None:
             log(f"{experiment.name}: training a vector from {experiment.pairs}, sweeping {list(experiment.coefs)}")
         vector, result = run_experiment(model, tokenizer, experiment, reference, prompts=prompts,
                                         max_new_tokens=max_new_tokens)
-        path = save_vector(vector, folder / "vectors" / f"{experiment.name}.safetensors", overwrite=overwrite)
-        result["vector_file"] = str(path.relative_to(folder))
+        result["vector_file"] = file
+        vectors[file] = vector
         results.append(result)
-    return {
+    summary = {
         "model": spec,
         "model_name": model_name(model),
         "reference_texts": len(reference),
@@ -213,6 +230,7 @@ def run_demo(model: nn.Module, tokenizer: Any, spec: str, out_dir: str | Path, *
         "environment": environment(),
         "experiments": results,
     }
+    return summary, vectors
 
 
 __all__ = ["REAL", "SENTIMENT_PROMPTS", "TOPIC_PROMPTS", "TOY", "WEDDING_WORDS", "Experiment", "experiments_for",

@@ -8,12 +8,16 @@ and the plain and steered continuations of every prompt at the coefficient that 
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from actkit.io import check_writable, make_folder, publish, staging, to_json
+from actkit.errors import ActkitError
+from actkit.io import check_writable, make_folder, publish, staging, to_json, undone_on_failure
+from actkit.steer.vectors import SteeringVector, save_vector
 from actkit.version import __version__
 
 REPORT_MD = "report.md"
@@ -99,16 +103,42 @@ def _plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_steering_report(result: dict[str, Any], out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
-    """Write ``report.md``, ``results.json`` and ``steering.png`` (when matplotlib is there) into `out_dir`."""
+def write_steering_report(result: dict[str, Any], out_dir: str | Path, *,
+                          vectors: Mapping[str, SteeringVector] | None = None, overwrite: bool = False) -> list[Path]:
+    """Write ``report.md``, ``results.json``, ``steering.png`` (when matplotlib is there) and the vectors the report
+    names into `out_dir`, all in one step.
+
+    Every file is rendered into one hidden staging folder inside `out_dir` and moved into place only once all are
+    complete; a folder created for them is removed again on failure. So a run stopped at any point (an error,
+    Ctrl-C, SIGTERM) leaves `out_dir` as it was: no half-written report, no vector without its report.
+
+    Arguments:
+        result: what `actkit.demo.steering.run_demo` returned (its first item).
+        out_dir: the report's folder; created, with its parents, if missing.
+        vectors: the vectors, keyed by their file name relative to `out_dir` (each experiment's ``vector_file``).
+        overwrite: replace the report and vector files of an earlier run (the CLI's ``--force``); otherwise any of
+            them existing is an error, raised before anything is written. Other files in `out_dir` are kept.
+
+    Returns:
+        The paths written: the report's files, then the vectors.
+    """
     folder = Path(out_dir)
-    check_writable(folder, REPORT_FILES, overwrite=overwrite)
-    make_folder(folder)
-    with staging(folder) as stage:
-        (stage / REPORT_MD).write_text(render_markdown(result) + "\n", encoding="utf-8")
-        (stage / RESULTS_JSON).write_text(to_json(result) + "\n", encoding="utf-8")
-        names = [REPORT_MD, RESULTS_JSON] + ([PLOT_PNG] if _plot(result, stage / PLOT_PNG) else [])
-        return publish(stage, folder, names)
+    vectors = dict(vectors or {})
+    outside = [name for name in vectors if Path(name).is_absolute() or ".." in Path(name).parts]
+    if outside:
+        raise ActkitError(f"a vector file must lie inside the report's folder; got {outside[0]!r}")
+    check_writable(folder, REPORT_FILES + list(vectors), overwrite=overwrite)
+    subfolders = sorted({(folder / name).parent for name in vectors} - {folder})
+    with ExitStack() as undo:
+        for made in (folder, *subfolders):  # each removed again on failure, if it is made here
+            make_folder(undo.enter_context(undone_on_failure(made)))
+        with staging(folder) as stage:
+            (stage / REPORT_MD).write_text(render_markdown(result) + "\n", encoding="utf-8")
+            (stage / RESULTS_JSON).write_text(to_json(result) + "\n", encoding="utf-8")
+            names = [REPORT_MD, RESULTS_JSON] + ([PLOT_PNG] if _plot(result, stage / PLOT_PNG) else [])
+            for name, vector in vectors.items():
+                save_vector(vector, stage / name)
+            return publish(stage, folder, names + list(vectors))
 
 
 __all__ = ["REPORT_FILES", "environment", "render_markdown", "write_steering_report"]
