@@ -93,3 +93,34 @@ def test_an_unwritable_folder_is_a_clear_error(tmp_path) -> None:
 def test_a_folder_nobody_may_write_is_a_clear_error_even_for_root() -> None:
     with pytest.raises(ActkitError, match="cannot (create the folder|write)"):
         write_text("/sys/actkit-test/v.txt", "x")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_a_stop_during_publish_waits_until_every_file_is_in_place(tmp_path) -> None:
+    import signal
+
+    from actkit.io import publish, staging
+
+    out = tmp_path / "out"
+    out.mkdir()
+    received: list[list[str]] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.append(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
+    try:
+        with staging(out) as stage:
+            for name in ("a.json", "b.png", "c.html"):
+                (stage / name).write_text(name)
+            real = os.replace
+
+            def replace_then_stop(src, dst):  # the stop arrives between the first and the second rename
+                real(src, dst)
+                if str(dst).endswith("a.json"):
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            os.replace = replace_then_stop
+            try:
+                publish(stage, out, ["a.json", "b.png", "c.html"])
+            finally:
+                os.replace = real
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [["a.json", "b.png", "c.html"]]  # handled only once all three were published

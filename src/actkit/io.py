@@ -19,7 +19,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,12 +170,37 @@ class staging:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
+@contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """Hold SIGTERM and Ctrl-C until the block ends, then deliver them to the handlers in place before, so a stop
+    lands before or after the block, never inside it. Outside the main thread (no handlers there) it does nothing.
+
+    A Python-level deferral rather than a signal mask: a process-directed signal blocked in the main thread is
+    delivered to another thread (torch keeps several), whose flag the main thread would still act on at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {stop: signal.signal(stop, lambda signum, frame: caught.append(signum)) for stop in stops}
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
+
+
 def publish(stage: Path, folder: Path, names: Sequence[str]) -> list[Path]:
-    """Move the staged files `names` into `folder`, each with one atomic rename."""
+    """Move the staged files `names` into `folder`, each with one atomic rename, all of them or (when a stop
+    arrives first) none: SIGTERM and Ctrl-C wait until the last rename is done."""
     out = []
-    for name in names:
-        os.replace(stage / name, folder / name)
-        out.append(folder / name)
+    with _stops_deferred():
+        for name in names:
+            os.replace(stage / name, folder / name)
+            out.append(folder / name)
     return out
 
 

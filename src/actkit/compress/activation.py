@@ -174,7 +174,7 @@ class TealCalibration:
 
 @dataclass
 class _TealReads:
-    """One histogram per input site, plus one per projection that no site carries (read by a hook on it)."""
+    """One histogram per input site, plus one per projection that no site carries (read at its own module site)."""
 
     projs: list[Projection]
     sites: dict[str, Site | None]
@@ -251,7 +251,7 @@ def calibrate_teal(model: nn.Module, tokenizer: Any, calibration: Calibration | 
 class SparsityPlan:
     """A spec made concrete for one model: the rule of every projection it sparsifies.
 
-    Build one with `plan_activation_sparsity`; use it with `activation_sparsity` (masking hooks, any batch) or
+    Build one with `plan_activation_sparsity`; use it with `activation_sparsity` (masking writes through `tap`, any batch) or
     `actkit.compress.sparse_decode.sparse_decode` (the CPU speed path for batch-1 decoding).
     """
 
