@@ -65,11 +65,14 @@ def test_kept_count_fractions_counts_and_bad_input() -> None:
     assert kept_count(0.5, 8, 2) == 4
     assert kept_count(1.0, 8, 2) == 8
     assert kept_count(3, 8, 2) == 3
+    assert kept_count(1, 8, 1) == 1 and kept_count(1.0, 8, 1) == 8  # an int counts experts, a float is a fraction
     with pytest.raises(ActkitError, match="only 8"):
         kept_count(9, 8, 2)
     with pytest.raises(ActkitError, match="fewer than the 2"):
         kept_count(0.1, 8, 2)
-    for bad in (0, -0.5, 2.5, float("nan")):
+    with pytest.raises(ActkitError, match="fewer than the 2"):
+        kept_count(1, 8, 2)
+    for bad in (0, -0.5, 2.5, float("nan"), 3.0 + 1):
         with pytest.raises(ActkitError, match="--keep"):
             kept_count(bad, 8, 2)
 

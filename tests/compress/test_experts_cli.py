@@ -83,7 +83,7 @@ def test_bad_input_before_loading(args: list[str], needles: list[str], tmp_path:
 @pytest.mark.parametrize(("model", "args", "needles"), [
     ("mixtral", ["--keep", "9"], ["keeps 9 experts but each MoE block has only 4"]),
     ("mixtral", ["--keep", "0.25"], ["fewer than the 2 the router picks"]),
-    ("mixtral", ["--keep", "1"], ["--keep 1 keeps one expert", "fewer than the 2 the router picks"]),
+    ("mixtral", ["--keep", "1"], ["--keep 1 keeps 1 of 4 experts", "fewer than the 2 the router picks"]),
     ("mixtral", ["--protect", "7:0"], ["block 7 is not an MoE block"]),
     ("llama", [], ["is not a mixture of experts", "builtin:toy-moe"]),
 ])

@@ -116,7 +116,7 @@ def experts_command(
         calibration = calibration_from(text, calibration_documents, seed)
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         heldout = HeldoutPerplexity(loaded, tokenizer, eval_documents)
-        pruned, report = prune_experts(loaded, tokenizer, method=method, keep=_as_library_keep(kept, loaded),
+        pruned, report = prune_experts(loaded, tokenizer, method=method, keep=kept,
                                        calibration=calibration, protect=protected, every_token=every_token,
                                        batch_size=batch_size, inplace=True)  # the loaded model is this command's own
         report = {"model": model, **report}
@@ -125,20 +125,6 @@ def experts_command(
             report["evaluation"] = evaluation
         save_checkpoint(pruned, out, report_name=REPORT_FILE, report=report, tokenizer=tokenizer, overwrite=force)
     show_report(report, out, as_json, _layer_table(report), _summary(report, out))
-
-
-def _as_library_keep(keep: float | int, model: Any) -> float:
-    """`prune_experts` reads ``keep <= 1`` as a fraction, so one expert is passed as the fraction 1/E (and refused
-    here, in the user's words, when the router picks more than one)."""
-    if keep != 1 or isinstance(keep, float):
-        return float(keep)
-    from actkit.compress.experts.routing import moe_layers
-
-    first = moe_layers(model)[0]
-    if first.top_k > 1:
-        raise ActkitError(f"--keep 1 keeps one expert per block, fewer than the {first.top_k} the router picks for "
-                          f"every token; keep at least {first.top_k} (or a fraction such as 0.5)")
-    return 1 / first.num_experts
 
 
 def _layer_table(report: dict[str, Any]) -> Table:

@@ -79,7 +79,7 @@ def check_method(method: str) -> str:
     return method
 
 
-def plan_experts(stats: ExpertStats, method: str, keep: float, *, protect: Iterable[ExpertId] = (),
+def plan_experts(stats: ExpertStats, method: str, keep: float | int, *, protect: Iterable[ExpertId] = (),
                  reap_gate: str = "applied") -> ExpertPlan:
     """Choose the experts every MoE block keeps, from calibration statistics."""
     check_method(method)
@@ -100,7 +100,7 @@ def prune_experts(
     tokenizer: Any,
     *,
     method: str = "reap",
-    keep: float = 0.5,
+    keep: float | int = 0.5,
     calibration: Calibration | Sequence[str] | None = None,
     protect: Iterable[ExpertId] = (),
     every_token: bool = False,
@@ -116,7 +116,8 @@ def prune_experts(
         model: a Mixtral, Qwen2-MoE, Qwen3-MoE or OLMoE model; it is not changed unless `inplace`.
         tokenizer: its tokenizer.
         method: ``reap``, ``ean``, ``frequency`` (see `scores`) or ``merge`` (see `merge`).
-        keep: a fraction in (0, 1] of each block's experts, or a whole number of experts; at least top-k.
+        keep: a fraction (float) in (0, 1] of each block's experts, or a number of experts (int, ``1`` is one);
+            at least the router's top-k.
         calibration: the text to route: a `Calibration` (from `calibration_texts`) or a list of documents.
         protect: (block, expert) pairs kept whatever their score.
         every_token: compute expert outputs on every token for the statistics (REAP's reference observer).

@@ -49,20 +49,24 @@ def score_experts(stats: ExpertStats, method: str, *, reap_gate: str = "applied"
     raise ActkitError(f"unknown scoring method {method!r}; use one of {', '.join(SCORES)}")
 
 
-def kept_count(keep: float, num_experts: int, top_k: int) -> int:
-    """How many experts each block keeps: `keep` is a fraction in (0, 1] or a whole number of experts.
+def kept_count(keep: float | int, num_experts: int, top_k: int) -> int:
+    """How many experts each block keeps: an `int` is a number of experts (``1`` is one expert), a `float` a
+    fraction in (0, 1] (``1.0`` is every expert), as ``--keep 1`` and ``--keep 100%`` mean on the command line.
 
     A fraction is rounded to the nearest count. Keeping more experts than exist, or fewer than the router's
     top-k (the router must still find k experts for every token), is refused.
     """
-    if not keep > 0 or keep != keep:
-        raise ActkitError(f"--keep must be a fraction in (0, 1] or a whole number of experts, got {keep}")
-    if keep <= 1:
-        count = int(round(keep * num_experts))
-    elif float(keep).is_integer():
-        count = int(keep)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+        raise ActkitError(f"keep must be a fraction (float) or a number of experts (int), got {keep!r}")
+    if isinstance(keep, int):
+        if keep < 1:
+            raise ActkitError(f"--keep {keep}: keep at least one expert (or give a fraction such as 0.5)")
+        count = keep
+    elif not 0 < keep <= 1:  # also NaN
+        raise ActkitError(f"--keep {keep}: a fraction lies in (0, 1]; a number of experts is a whole number (an "
+                          "int), such as 4")
     else:
-        raise ActkitError(f"--keep {keep}: give a fraction in (0, 1] (such as 0.75) or a whole number of experts")
+        count = int(round(keep * num_experts))
     if count > num_experts:
         raise ActkitError(f"--keep {keep:g} keeps {count} experts but each MoE block has only {num_experts}; keep at "
                           f"most {num_experts} (or a fraction up to 1)")
