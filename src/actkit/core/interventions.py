@@ -129,29 +129,29 @@ class _RowPositions(Positions):
     def __init__(self, inner: Positions, rows: torch.Tensor):
         self.inner = inner
         self.rows = rows
+        self.index = torch.nonzero(rows).reshape(-1)  # found once: no device synchronization per pass
+        self._last: tuple[StepContext, StepContext] | None = None
+
+    def sliced(self, ctx: StepContext) -> tuple[torch.Tensor, StepContext]:
+        """The chosen rows' indices on ctx's device, and ctx sliced to them (kept for the pass's write)."""
+        if self.rows.shape[0] != ctx.shape[0]:
+            raise ActkitError(f"the row mask has {self.rows.shape[0]} rows but the batch has {ctx.shape[0]}")
+        if self.index.device != ctx.valid.device:
+            self.index = self.index.to(ctx.valid.device)
+        if self._last is None or self._last[0] is not ctx:
+            i = self.index
+            self._last = (ctx, StepContext(ctx.positions[i], ctx.valid[i], ctx.prompt_len[i], ctx.documents[i],
+                                           ctx.offsets[i]))
+        return self.index, self._last[1]
 
     def select(self, ctx: StepContext) -> torch.Tensor:
-        index = _row_index(self.rows, ctx)
+        index, sub = self.sliced(ctx)
         out = torch.zeros_like(ctx.valid)
-        if index.numel():
-            out[index] = self.inner.mask(_context_rows(ctx, index))
+        out[index] = self.inner.mask(sub)
         return out
 
     def __repr__(self) -> str:
-        return f"{self.inner!r} on rows {_row_index(self.rows).tolist()}"
-
-
-def _row_index(rows: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
-    """The indices of the True entries of a (B,) bool mask, checked against the batch of `ctx`."""
-    if ctx is not None and rows.shape[0] != ctx.shape[0]:
-        raise ActkitError(f"the row mask has {rows.shape[0]} rows but the batch has {ctx.shape[0]}")
-    device = ctx.valid.device if ctx is not None else rows.device
-    return torch.nonzero(rows.to(device)).reshape(-1)
-
-
-def _context_rows(ctx: StepContext, index: torch.Tensor) -> StepContext:
-    return StepContext(ctx.positions[index], ctx.valid[index], ctx.prompt_len[index], ctx.documents[index],
-                       ctx.offsets[index])
+        return f"{self.inner!r} on rows {self.index.tolist()}"
 
 
 class OnRows(Intervention):
@@ -170,16 +170,16 @@ class OnRows(Intervention):
         rows = torch.as_tensor(rows)
         if rows.dim() != 1 or rows.dtype != torch.bool:
             raise ActkitError(f"rows must be a (B,) bool tensor, got {rows.dtype} of shape {tuple(rows.shape)}")
-        super().__init__(_RowPositions(inner.positions, rows))
+        self.rows_rule = _RowPositions(inner.positions, rows)
+        super().__init__(self.rows_rule)
         self.inner = inner
-        self.rows = rows
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        if not bool(mask.any()):
-            return x
-        index = _row_index(self.rows, ctx)
-        return x.index_copy(0, index, self.inner(x[index], mask[index], _context_rows(ctx, index)))
+        index, sub = self.rows_rule.sliced(ctx)
+        part = x[index]
+        new = self.inner(part, mask[index], sub)
+        return x if new is part else x.index_copy(0, index, new)
 
     def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        index = _row_index(self.rows, ctx)
-        return x.index_copy(0, index, self.inner.edit(x[index], _context_rows(ctx, index)))
+        index, sub = self.rows_rule.sliced(ctx)
+        return x.index_copy(0, index, self.inner.edit(x[index], sub))

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -129,6 +129,10 @@ class _Row:
     pending: int = -1  # the last sampled token, not yet in the cache
     error: str | None = None
     prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
+    writes: list[tuple[str, list[Intervention]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = [(str(Site.parse(raw)), _as_list(values)) for raw, values in (self.request.writes or {}).items()]
 
     @property
     def prompt_len(self) -> int:
@@ -475,13 +479,12 @@ class Engine:
         """One forward of the batch `rows`, each row's writes restricted to it."""
         writes: dict[str, list[Intervention]] = {}
         for i, row in enumerate(rows):
-            if not row.request.writes:
+            if not row.writes:
                 continue
-            only = torch.zeros(len(rows), dtype=torch.bool, device=self._device)
+            only = torch.zeros(len(rows), dtype=torch.bool)
             only[i] = True
-            for raw, values in row.request.writes.items():
-                site = str(Site.parse(raw))
-                writes.setdefault(site, []).extend(_Guarded(OnRows(v, only), row) for v in _as_list(values))
+            for site, values in row.writes:
+                writes.setdefault(site, []).extend(_Guarded(OnRows(v, only), row) for v in values)
         with torch.inference_mode():
             if not writes:
                 return self.model(**inputs)
