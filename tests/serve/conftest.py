@@ -55,19 +55,20 @@ def vector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-def serve_process() -> Iterator[Callable[..., Served]]:
-    """``serve_process(*args, env=None)``: start ``actkit serve ARGS --port FREE``; the servers still running
-    at teardown are killed."""
-    started: list[Served] = []
+class Servers:
+    """Starts ``actkit serve`` processes and kills those still running at `close`."""
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Served:
+    def __init__(self) -> None:
+        self.started: list[Served] = []
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Served:
+        """``actkit serve ARGS --port FREE`` with `env` added to the environment, once ``/health`` answers."""
         port = free_port()
         environment = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
         process = subprocess.Popen([sys.executable, "-m", "actkit.cli", "serve", *args, "--port", str(port)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
         served = Served(f"http://127.0.0.1:{port}", process)
-        started.append(served)
+        self.started.append(served)
         deadline = time.monotonic() + START_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -81,8 +82,25 @@ def serve_process() -> Iterator[Callable[..., Served]]:
             time.sleep(0.1)
         raise AssertionError(f"actkit serve did not answer /health within {START_S} s")
 
-    yield start
-    for served in started:
-        if served.process.poll() is None:
-            served.process.kill()
-            served.process.communicate()
+    def close(self) -> None:
+        for served in self.started:
+            if served.process.poll() is None:
+                served.process.kill()
+                served.process.communicate()
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Callable[..., Served]]:
+    """``serve_process(*args, env=None)`` -> `Served`: start ``actkit serve ARGS`` on a free loopback port; the
+    servers still running at teardown are killed."""
+    servers = Servers()
+    yield servers.start
+    servers.close()
+
+
+@pytest.fixture(scope="module")
+def serve_module() -> Iterator[Callable[..., Served]]:
+    """Like `serve_process`, for servers a whole test module shares."""
+    servers = Servers()
+    yield servers.start
+    servers.close()

@@ -47,9 +47,9 @@ class APIError(Exception):
 
 
 def validation_error(error: ValidationError) -> APIError:
-    """The first problem pydantic found, as a 400 naming the parameter (``messages.0.content``)."""
+    """The first problem pydantic found, as a 400 naming the field."""
     first = error.errors()[0]
-    param = ".".join(str(part) for part in first["loc"]) or None
+    param = str(first["loc"][0]) if first["loc"] else None  # the field (deeper parts name union members)
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field; see the server's request schema"
@@ -76,8 +76,8 @@ class _Sampling(_Strict):
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     user: StrictStr | None = None
-    presence_penalty: Literal[0, 0.0] = 0
-    frequency_penalty: Literal[0, 0.0] = 0
+    presence_penalty: StrictFloat = Field(0.0, ge=0.0, le=0.0)  # not implemented: only the neutral 0
+    frequency_penalty: StrictFloat = Field(0.0, ge=0.0, le=0.0)
     logit_bias: dict[str, Any] | None = Field(None, max_length=0)
     steer: list[Any] | None = None
     vllm_xargs: dict[StrictStr, StrictStr | StrictInt | StrictFloat] | None = None
