@@ -24,6 +24,7 @@ from actkit.serve.steering import DEFAULT_PRESET_COEF, MAX_ITEMS
 
 PROMPT = "James reviewed the soup, 1 stars: The food was"
 CAP = 48  # the server's --max-new-tokens
+KEY = "sesame"  # the module server's API key (ACTKIT_API_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,19 @@ def toy():
 
 @pytest.fixture(scope="module")
 def server(serve_module, vector_dir: Path):
-    return serve_module("--vectors", str(vector_dir), "--max-new-tokens", str(CAP), "--max-batch", "4")
+    return serve_module("--vectors", str(vector_dir), "--max-new-tokens", str(CAP), "--max-batch", "4",
+                        env={"ACTKIT_API_KEY": KEY})
 
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(server) -> httpx.Client:
+    """Raw HTTP to the module server, with its API key."""
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
 
 
 def cli_generate(*args: str) -> str:
@@ -94,7 +102,7 @@ def test_chat_equals_generate_with_the_template(client: openai.OpenAI, toy) -> N
                                                                chat=True)[0]
 
 
-def test_streaming_gives_the_same_text(client: openai.OpenAI, server) -> None:
+def test_streaming_gives_the_same_text(client: openai.OpenAI, http: httpx.Client) -> None:
     whole = client.completions.create(model="toy-dense", prompt=PROMPT, max_tokens=12, temperature=0)
     parts = list(client.completions.create(model="toy-dense", prompt=PROMPT, max_tokens=12, temperature=0,
                                            stream=True))
@@ -105,8 +113,8 @@ def test_streaming_gives_the_same_text(client: openai.OpenAI, server) -> None:
     chunks = list(client.chat.completions.create(model="toy-dense", messages=chat, max_tokens=10, temperature=0,
                                                  stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
-    raw = httpx.post(f"{server.url}/v1/completions", json={"model": "toy-dense", "prompt": PROMPT,
-                                                            "max_tokens": 3, "stream": True}, timeout=60)
+    raw = http.post("/v1/completions", json={"model": "toy-dense", "prompt": PROMPT, "max_tokens": 3,
+                                             "stream": True})
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.rstrip().endswith("data: [DONE]")
 
@@ -141,10 +149,10 @@ def test_echo_logprobs_are_the_prompt_log_probabilities(client: openai.OpenAI, t
     assert max(lp.top_logprobs[1].values()) == pytest.approx(float(logits[0].max()), abs=1e-4)
 
 
-def test_models_and_steering_listings(server) -> None:
-    models = httpx.get(f"{server.url}/v1/models").json()
+def test_models_and_steering_listings(http: httpx.Client) -> None:
+    models = http.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["toy-dense", f"toy-dense:sentiment@{DEFAULT_PRESET_COEF:g}"]
-    steering = httpx.get(f"{server.url}/v1/steering").json()["data"]
+    steering = http.get("/v1/steering").json()["data"]
     assert [(v["name"], v["site"], v["layers"]) for v in steering] == [("sentiment", "resid_post", [2, 3])]
     assert steering[0]["method"] == "mean-diff" and set(steering[0]["norms"]) == {"2", "3"}
 
@@ -179,64 +187,66 @@ BAD = [
 
 
 @pytest.mark.parametrize(("case", "body", "param", "status"), BAD, ids=[b[0] for b in BAD])
-def test_bad_requests_get_the_openai_error_object(server, case, body, param, status) -> None:
+def test_bad_requests_get_the_openai_error_object(http: httpx.Client, case, body, param, status) -> None:
     if isinstance(body, bytes):
-        reply = httpx.post(f"{server.url}/v1/completions", content=body,
-                           headers={"content-type": "application/json"}, timeout=60)
+        reply = http.post("/v1/completions", content=body, headers={"content-type": "application/json"})
     else:
-        reply = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+        reply = http.post("/v1/completions", json=body)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["param"] == param
-    assert httpx.get(f"{server.url}/health").status_code == 200  # still up
+    assert http.get("/health").status_code == 200  # still up
 
 
-def test_bad_chat_requests_and_routes(server) -> None:
-    url = f"{server.url}/v1/chat/completions"
+def test_bad_chat_requests_and_routes(http: httpx.Client) -> None:
+    url = "/v1/chat/completions"
     for body, param in [({"model": "toy-dense", "messages": []}, "messages"),
                         ({"model": "toy-dense", "messages": [{"role": "robot", "content": "x"}]}, "messages"),
                         ({"model": "toy-dense", "messages": [{"role": "user", "content": 3}]}, "messages")]:
-        reply = httpx.post(url, json=body, timeout=60)
+        reply = http.post(url, json=body)
         assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
-    assert httpx.get(f"{server.url}/v1/nothing").json()["error"]["code"] == "not_found"
-    assert httpx.get(url).status_code == 405
+    assert http.get("/v1/nothing").json()["error"]["code"] == "not_found"
+    assert http.get(url).status_code == 405
 
 
-def test_api_key(serve_process) -> None:
-    served = serve_process(env={"ACTKIT_API_KEY": "sesame"})
-    good = openai.OpenAI(base_url=f"{served.url}/v1", api_key="sesame", max_retries=0)
-    assert good.completions.create(model="toy-dense", prompt=PROMPT, max_tokens=2).choices[0].text
-    bad = openai.OpenAI(base_url=f"{served.url}/v1", api_key="wrong", max_retries=0)
+def test_api_key(server) -> None:
+    """The module server runs with ACTKIT_API_KEY set: without the key, 401 everywhere but /health."""
+    bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
-    reply = httpx.post(f"{served.url}/v1/completions", json={"model": "toy-dense", "prompt": PROMPT})
-    assert reply.status_code == 401 and reply.json()["error"]["type"] == "authentication_error"
-    assert httpx.get(f"{served.url}/health").status_code == 200
+    for reply in (httpx.post(f"{server.url}/v1/completions", json={"model": "toy-dense", "prompt": PROMPT}),
+                  httpx.get(f"{server.url}/v1/steering")):
+        assert reply.status_code == 401 and reply.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{server.url}/health").status_code == 200
 
 
 def test_sigterm_finishes_the_request_in_flight(serve_process, toy) -> None:
+    """SIGTERM while a request streams: it still gets all its tokens, then the server exits 0 and is gone."""
     model, tokenizer = toy
-    served = serve_process("--max-new-tokens", "200")
+    served = serve_process("--max-new-tokens", "120")
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0, timeout=60)
-    first = threading.Event()
+    first, done = threading.Event(), threading.Event()
     texts: list[str] = []
 
     def ask() -> None:
         pieces = []
-        for part in client.completions.create(model="toy-dense", prompt="Sam", max_tokens=120, temperature=0,
+        for part in client.completions.create(model="toy-dense", prompt="Q:", max_tokens=120, temperature=0,
                                               stream=True):
             pieces.append(part.choices[0].text)
             first.set()
         texts.append("".join(pieces))
+        done.set()
 
     worker = threading.Thread(target=ask)
     worker.start()
     assert first.wait(60)
+    in_flight = not done.is_set()
     status, err = served.stop(signal.SIGTERM)
     worker.join(60)
+    assert in_flight  # the prompt gives 45 tokens, streamed one event each: far from done at the first
     assert status == 0, err
-    assert texts == actkit.generate(model, tokenizer, ["Sam"], max_new_tokens=120)
+    assert texts == actkit.generate(model, tokenizer, ["Q:"], max_new_tokens=120)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{served.url}/health", timeout=2)
 

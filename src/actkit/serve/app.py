@@ -338,12 +338,15 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
         stops = body.stops()
         prompts = body.prompts()
         rows = [server.token_ids(p, "prompt") for p in prompts]
+        # echo + logprobs scores the prompt (lm-evaluation-harness); with max_tokens <= 1 the generated token is
+        # kept even when it is EOS, so the log-probabilities always end with one generated token, as vLLM's do
         scoring = body.echo and body.logprobs is not None
         max_new = [server.max_new(body.max_tokens, len(ids), "max_tokens") for ids in rows]
         k = body.logprobs or 0
         requests = [GenerationRequest(prompt_ids=ids, max_new_tokens=n, temperature=body.temperature,
                                       top_p=body.top_p, seed=body.seed, writes=writes,
-                                      prompt_logprobs=k if scoring else None, logprobs=body.logprobs)
+                                      prompt_logprobs=k if scoring else None, logprobs=body.logprobs,
+                                      eos_token_ids=frozenset() if scoring and n <= 1 else None)
                     for ids, n in zip(rows, max_new, strict=True)]
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         texts = [p if isinstance(p, str) else server.tokenizer.decode(p) for p in prompts]
