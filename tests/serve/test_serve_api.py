@@ -92,6 +92,45 @@ def test_steering_equals_actkit_generate(client: openai.OpenAI, vector_dir: Path
     assert chat.choices[0].text == absolute
 
 
+def test_concurrent_mixed_steering_equals_each_alone(client: openai.OpenAI, toy, vector_dir: Path) -> None:
+    """8 requests at once (the server batches 4): steered, ablated and plain rows each get their own text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actkit.steer import load_vector, steering_writes
+
+    model, tokenizer = toy
+    vector = load_vector(vector_dir / "sentiment.safetensors", model)
+    prompts = [PROMPT, "Sam", "Q:", "The cat", "Once", "Sam reviewed the soup, 5 stars:", "In the", "Tom"]
+    coefs = [0.8, None, -0.8, 0.4, None, 1.2, 0.8, None]
+
+    def ask(i: int) -> str:
+        steer = [] if coefs[i] is None else [{"vector": "sentiment", "coef": coefs[i], "relative": True}]
+        reply = client.completions.create(model="toy-dense", prompt=prompts[i], max_tokens=16, temperature=0,
+                                          extra_body={"steer": steer})
+        return reply.choices[0].text
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(ask, range(8)))
+    for i, text in enumerate(got):
+        writes = None if coefs[i] is None else steering_writes(vector, coefs[i], relative=True)
+        assert text == actkit.generate(model, tokenizer, [prompts[i]], writes=writes, max_new_tokens=16)[0], i
+
+
+def test_sampling_seed_logprobs_and_echo(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str:
+        return client.completions.create(model="toy-dense", prompt="Sam", max_tokens=12, temperature=1.0,
+                                         seed=seed).choices[0].text
+
+    assert sample(5) == sample(5)
+    assert len({sample(seed) for seed in range(4)}) > 1
+    reply = client.completions.create(model="toy-dense", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    lp = reply.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and lp.top_logprobs is not None
+    assert "".join(lp.tokens) == reply.choices[0].text and all(len(t) == 2 for t in lp.top_logprobs)
+    echoed = client.completions.create(model="toy-dense", prompt=PROMPT, max_tokens=4, temperature=0, echo=True)
+    assert echoed.choices[0].text == PROMPT + reply.choices[0].text
+
+
 def test_chat_equals_generate_with_the_template(client: openai.OpenAI, toy) -> None:
     model, tokenizer = toy
     reply = client.chat.completions.create(model="toy-dense", messages=[{"role": "user", "content": PROMPT}],
