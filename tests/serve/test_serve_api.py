@@ -298,3 +298,11 @@ def test_bad_options_fail_before_loading(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli_app, ["serve", *args])
         assert result.exit_code == 2 and "error:" in result.output and message in result.output, result.output
     assert time.monotonic() - start < 10
+
+
+def test_a_vector_that_does_not_fit_is_an_error_at_start(tmp_path: Path) -> None:
+    from actkit.steer import SteeringVector, save_vector
+
+    save_vector(SteeringVector({1: torch.ones(7)}), tmp_path / "wide.safetensors")
+    result = CliRunner().invoke(cli_app, ["serve", "--vectors", str(tmp_path)])
+    assert result.exit_code == 2 and "wide.safetensors" in result.output, result.output
