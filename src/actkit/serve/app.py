@@ -274,7 +274,7 @@ def _sse(data: Any) -> str:
 
 def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, model_name: str,
                aliases: tuple[str, ...] = (), api_key: str | None = None, max_new_tokens: int = 256) -> FastAPI:
-    """The FastAPI app serving `engine` (already started; the app shuts it down at its own shutdown).
+    """The FastAPI app serving `engine` (the caller starts it and shuts it down: ``actkit serve`` does both).
 
     Arguments:
         engine: the generation engine.
