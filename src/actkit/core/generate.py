@@ -35,7 +35,7 @@ def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template holds the special tokens
 
 
-def _eos_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[int]:
+def eos_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[int]:
     """The ids generation stops at (given, or the model's generation config's), so the cut matches the stop."""
     eos: Any = eos_token_id if eos_token_id is not None else getattr(
         getattr(model, "generation_config", None), "eos_token_id", None)
@@ -44,7 +44,7 @@ def _eos_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> set[
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-def _position_limit(model: nn.Module) -> int | None:
+def position_limit(model: nn.Module) -> int | None:
     """The most positions the model takes (its config's ``max_position_embeddings`` or ``n_positions``)."""
     config: Any = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -108,7 +108,7 @@ def generate_ids(
     if batch_size is not None and batch_size < 1:
         raise ActkitError(f"batch_size must be at least 1, got {batch_size}")
     rows = [_prompt_ids(tokenizer, p, chat) for p in prompts]
-    limit = _position_limit(model)
+    limit = position_limit(model)
     for i, ids in enumerate(rows):
         if not ids:
             raise ActkitError(f"prompt {i} is empty after tokenization")
@@ -120,7 +120,7 @@ def generate_ids(
                 if max_new_tokens < limit else
                 f"max_new_tokens={max_new_tokens} does not fit the model's context of {limit} tokens with any prompt")
     pad = getattr(tokenizer, "pad_token_id", None)
-    eos = _eos_ids(model, eos_token_id)
+    eos = eos_ids(model, eos_token_id)
     if pad is None:
         pad = min(eos) if eos else getattr(tokenizer, "eos_token_id", None) or 0
     device = next(model.parameters()).device
@@ -214,4 +214,4 @@ def generate(
     return [decode(row, skip_special_tokens=True) for row in ids]
 
 
-__all__ = ["generate", "generate_ids"]
+__all__ = ["eos_ids", "generate", "generate_ids", "position_limit"]

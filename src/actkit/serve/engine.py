@@ -32,7 +32,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from actkit.core.anatomy import Anatomy
-from actkit.core.generate import _eos_ids, _position_limit
+from actkit.core.generate import eos_ids, position_limit
 from actkit.core.hooks import READ_ONLY, tap
 from actkit.core.interventions import Intervention, OnRows
 from actkit.core.positions import Positions, StepContext
@@ -227,14 +227,14 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._anatomy = Anatomy.of(model)
-        limit = _position_limit(model)
+        limit = position_limit(model)
         if limit is None:
             raise ActkitError(f"{type(model).__name__} does not state its context length (max_position_embeddings); "
                               "the engine needs it to refuse prompts that do not fit")
         self._limit = limit
         self._device = next(model.parameters()).device
         self.tokenizer = tokenizer
-        self._eos = frozenset(_eos_ids(model, None))
+        self._eos = frozenset(eos_ids(model, None))
         get_embeddings = getattr(model, "get_input_embeddings", None)
         embeddings = get_embeddings() if callable(get_embeddings) else None
         self._vocab = int(getattr(embeddings, "num_embeddings", 0)) or None
