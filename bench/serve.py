@@ -184,8 +184,11 @@ def run_level(client: httpx.Client, base: str, bodies: list[dict[str, Any]], con
         return time.perf_counter() - start, int(response.json()["usage"]["completion_tokens"])
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
+    pool = ThreadPoolExecutor(concurrency)
+    try:
         results = list(pool.map(one, bodies))
+    finally:  # Ctrl-C: drop the requests not sent yet
+        pool.shutdown(cancel_futures=True)
     wall = time.perf_counter() - start
     for result in results:
         if result is None:
