@@ -24,6 +24,7 @@ from actkit.errors import ActkitError
 from actkit.evaluate.cli import eval_app
 from actkit.localize.cli import patch_command
 from actkit.observe.cli import profile_command, sites_command
+from actkit.serve.cli import serve_command
 from actkit.steer.cli import generate_command, vector_app
 
 app = typer.Typer(
@@ -52,7 +53,7 @@ def _root(
     """Activation engineering for transformer language models: read, steer, localize and compress."""
 
 
-# in the order of `actkit --help`: observe, the built-in models, steer, compress, evaluate, localize
+# in the order of `actkit --help`: observe, the built-in models, steer, compress, evaluate, localize, serve
 app.command("profile")(profile_command)
 app.command("sites")(sites_command)
 app.add_typer(builtin_app, name="builtin")
@@ -63,6 +64,7 @@ app.add_typer(prune_app, name="prune")
 prune_app.command("experts")(experts_command)
 app.add_typer(eval_app, name="eval")
 app.command("patch")(patch_command)
+app.command("serve")(serve_command)
 
 def main() -> None:
     """Console entry point: SIGTERM unwinds like Ctrl-C (status 143), and an `ActkitError` raised outside a

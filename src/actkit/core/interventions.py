@@ -121,3 +121,65 @@ class Apply(Intervention):
 
     def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         return self.fn(x)
+
+
+class _RowPositions(Positions):
+    """The inner rule on the chosen rows only; the other rows select nothing."""
+
+    def __init__(self, inner: Positions, rows: torch.Tensor):
+        self.inner = inner
+        self.rows = rows
+
+    def select(self, ctx: StepContext) -> torch.Tensor:
+        index = _row_index(self.rows, ctx)
+        out = torch.zeros_like(ctx.valid)
+        if index.numel():
+            out[index] = self.inner.mask(_context_rows(ctx, index))
+        return out
+
+    def __repr__(self) -> str:
+        return f"{self.inner!r} on rows {_row_index(self.rows).tolist()}"
+
+
+def _row_index(rows: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
+    """The indices of the True entries of a (B,) bool mask, checked against the batch of `ctx`."""
+    if ctx is not None and rows.shape[0] != ctx.shape[0]:
+        raise ActkitError(f"the row mask has {rows.shape[0]} rows but the batch has {ctx.shape[0]}")
+    device = ctx.valid.device if ctx is not None else rows.device
+    return torch.nonzero(rows.to(device)).reshape(-1)
+
+
+def _context_rows(ctx: StepContext, index: torch.Tensor) -> StepContext:
+    return StepContext(ctx.positions[index], ctx.valid[index], ctx.prompt_len[index], ctx.documents[index],
+                       ctx.offsets[index])
+
+
+class OnRows(Intervention):
+    """Apply `inner` to some rows of the batch only; the other rows come back untouched, bit for bit.
+
+    The inner intervention sees just its rows (activation and `StepContext` sliced to them), as if they were the
+    whole batch: so an intervention built for one prompt (a (1,) coefficient, `At` with one row of positions)
+    serves that prompt's row inside a larger batch, which is how a server gives each request its own steering.
+
+    Arguments:
+        inner: the intervention, built for a batch of ``rows.sum()`` rows.
+        rows: (B,) bool, the rows of the batch to apply it to.
+    """
+
+    def __init__(self, inner: Intervention, rows: torch.Tensor):
+        rows = torch.as_tensor(rows)
+        if rows.dim() != 1 or rows.dtype != torch.bool:
+            raise ActkitError(f"rows must be a (B,) bool tensor, got {rows.dtype} of shape {tuple(rows.shape)}")
+        super().__init__(_RowPositions(inner.positions, rows))
+        self.inner = inner
+        self.rows = rows
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if not bool(mask.any()):
+            return x
+        index = _row_index(self.rows, ctx)
+        return x.index_copy(0, index, self.inner(x[index], mask[index], _context_rows(ctx, index)))
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        index = _row_index(self.rows, ctx)
+        return x.index_copy(0, index, self.inner.edit(x[index], _context_rows(ctx, index)))

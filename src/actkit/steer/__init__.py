@@ -6,7 +6,9 @@ The public API:
 - Directions: `train_vector(model, tokenizer, pairs, layers, method=...)` -> `SteeringVector` (methods
   ``mean-diff``, ``pca-diff``, ``pca-center``, ``probe``, ``actadd``); `direction(pos, neg, method)` on tensors;
   `read_activations`; `select_layers(model, tokenizer, pairs)` -> (ranking table, chosen layers).
-- `SteeringVector.to_intervention(coef, positions, relative)` -> writes for ``tap`` or `generate`.
+- `SteeringVector.to_intervention(coef, positions, relative)` -> writes for ``tap`` or `generate`;
+  `steering_writes(vector, coef, relative=, layers=, positions=)`: what ``actkit generate`` (and ``actkit serve``)
+  steer with; `restrict_layers`.
 - Interventions: `Ablate`, `Clamp`, `Conditional` / `conditional` (CAST), `ablation_everywhere`, `combine`.
 - Files: `save_vector` / `load_vector` (safetensors + JSON metadata), `export_gguf` / `import_gguf` (llama.cpp
   control vectors), `export_ablated` (a Hugging Face checkpoint with the ablation baked into the weights).
@@ -38,12 +40,19 @@ from actkit.steer.interventions import (
 )
 from actkit.steer.layers import select_layers
 from actkit.steer.pairs import Pair, pairs_hash, read_pairs
-from actkit.steer.vectors import SteeringVector, check_fits, load_vector, save_vector
+from actkit.steer.vectors import (
+    SteeringVector,
+    check_fits,
+    load_vector,
+    restrict_layers,
+    save_vector,
+    steering_writes,
+)
 
 __all__ = [
     "METHODS", "Ablate", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
     "ablation_everywhere", "actadd", "check_fits", "combine", "conditional", "direction", "export_ablated",
     "export_gguf", "import_gguf", "load_vector", "mean_diff", "pairs_hash",
-    "pca_center", "pca_diff", "probe", "read_activations", "read_pairs", "residual_writers", "save_vector",
-    "select_layers", "train_vector",
+    "pca_center", "pca_diff", "probe", "read_activations", "read_pairs", "residual_writers", "restrict_layers",
+    "save_vector", "select_layers", "steering_writes", "train_vector",
 ]

@@ -263,7 +263,7 @@ def generate_command(
     from actkit.core.generate import generate
     from actkit.core.positions import parse_positions
     from actkit.models import load
-    from actkit.steer import SteeringVector
+    from actkit.steer import restrict_layers, steering_writes
 
     with bad_input():
         if vector is None:
@@ -284,24 +284,18 @@ def generate_command(
         strength = 1.0 if coef is None else coef
         if not math.isfinite(strength):
             raise ActkitError(f"--coef must be a finite number (got {coef})")
-        where = parse_positions(positions)
+        parse_positions(positions)
         off = parse_experts(experts_off) if experts_off is not None else None
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         writes = None
         steer = None
         if vector is not None:
             steer, _ = _read_vector(vector, loaded)
-            if layers is not None:
-                wanted = parse_layers(layers) or steer.layers
-                n = int(steer.metadata.get("num_layers") or 0)
-                wanted = [w + n if w < 0 and n else w for w in wanted]
-                missing = [w for w in wanted if w not in steer.directions]
-                if missing:
-                    raise ActkitError(f"--layers {layers}: the vector has no direction at block(s) {missing}; "
-                                      f"it has {', '.join(map(str, steer.layers))}")
-                steer = SteeringVector({w: steer.directions[w] for w in wanted}, site=steer.site,
-                                       metadata=steer.metadata)
-            writes = steer.to_intervention(strength, positions=where, relative=relative)
+            try:
+                steer = restrict_layers(steer, None if layers is None else parse_layers(layers))
+            except ActkitError as error:
+                raise ActkitError(f"--layers {layers}: {error}") from None
+            writes = steering_writes(steer, strength, relative=relative, positions=positions)
         options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, chat=chat,
                                        temperature=1.0 if temperature is None else temperature,
                                        top_p=1.0 if top_p is None else top_p, seed=seed)

@@ -125,6 +125,48 @@ class SteeringVector:
         return out
 
 
+def steering_writes(
+    vector: SteeringVector,
+    coef: float = 1.0,
+    *,
+    relative: bool = False,
+    layers: list[int] | None = None,
+    positions: Positions | str = "all",
+) -> dict[str, Intervention]:
+    """The writes ``actkit generate --vector F --coef C [--relative] [--layers L] [--positions P]`` steers with.
+
+    One function for the command and ``actkit serve``, so a steered request means exactly what the command does.
+
+    Arguments:
+        vector: the vector.
+        coef: the coefficient (a finite number).
+        relative: `coef` is a fraction of the mean residual norm at each layer (see `SteeringVector.to_intervention`).
+        layers: steer only these of the vector's blocks (negative: from the end of the model the vector was made
+            for); None: all of them.
+        positions: which tokens to steer (``all``, ``prompt``, ``generated``, ``from:K``...).
+
+    Raises:
+        ActkitError: a non-finite coefficient, unknown positions, or a layer the vector has no direction at.
+    """
+    if not math.isfinite(coef):
+        raise ActkitError(f"the coefficient must be a finite number (got {coef})")
+    where = parse_positions(positions)
+    return restrict_layers(vector, layers).to_intervention(coef, positions=where, relative=relative)
+
+
+def restrict_layers(vector: SteeringVector, layers: list[int] | None) -> SteeringVector:
+    """`vector` with only the directions at `layers` (negative: from the end); all of them when None or empty."""
+    if not layers:
+        return vector
+    n = int(vector.metadata.get("num_layers") or 0)
+    wanted = [w + n if w < 0 and n else w for w in layers]
+    missing = [w for w in wanted if w not in vector.directions]
+    if missing:
+        raise ActkitError(f"the vector has no direction at block(s) {missing}; "
+                          f"it has {', '.join(map(str, vector.layers))}")
+    return SteeringVector({w: vector.directions[w] for w in wanted}, site=vector.site, metadata=vector.metadata)
+
+
 def config_fields(model: nn.Module) -> dict[str, Any]:
     """The architecture-relevant config fields of `model` (text config of multimodal models)."""
     config = getattr(model, "config", None)
@@ -343,5 +385,5 @@ def check_fits(vector: SteeringVector, model: nn.Module, *, source: str = "the v
 __all__ = [
     "CONFIG_FIELDS", "FORMAT_VERSION", "SteeringVector", "check_fits", "check_metadata", "config_fields",
     "config_hash",
-    "load_vector", "model_metadata", "model_name", "save_vector",
+    "load_vector", "model_metadata", "model_name", "restrict_layers", "save_vector", "steering_writes",
 ]

@@ -1,0 +1,585 @@
+"""The serving engine: continuous batching of token requests, each row with its own steering.
+
+One background thread runs the loop. Each iteration admits waiting requests up to ``max_batch`` (each one's prompt
+is run ALONE, a batch of one without padding, so its first token and its prompt log-probabilities are those of
+`actkit.generate` / a plain forward), then runs one decode step for all active rows together, samples one token
+per row, and removes the rows that finished (EOS, ``max_new_tokens``, cancel, error) at once.
+
+The batch's KV cache is one left-padded `DynamicCache`; it is re-packed (each row's keys and values left-padded to
+the longest, concatenated along the batch) only when rows join or leave. Every decode step passes the attention
+mask (zeros on padding) and explicit position ids (each row's count of real tokens), so a row's attention and
+positions are those it would have alone. A request's writes are built for one row; at each forward they are
+restricted to that request's row (`OnRows`) and applied through `tap` with each row's prompt length, so
+``Prompt()`` and ``Generated()`` mean what they mean in `actkit.generate`. An exception raised by one request's
+write ends that request (``Finished(reason="error")``) and leaves the other rows of the same forward untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+from actkit.core.anatomy import Anatomy
+from actkit.core.generate import _eos_ids, _position_limit
+from actkit.core.hooks import READ_ONLY, tap
+from actkit.core.interventions import Intervention, OnRows
+from actkit.core.positions import Positions, StepContext
+from actkit.core.sites import Site
+from actkit.errors import ActkitError
+
+
+@dataclass
+class GenerationRequest:
+    """One request, already tokenized (the caller applies the chat template).
+
+    Attributes:
+        prompt_ids: the prompt's token ids (at least one).
+        max_new_tokens: tokens to generate at most; 0 runs the prompt only (for its log-probabilities).
+        temperature: 0 for greedy decoding (argmax), else sampling from softmax(logits / temperature).
+        top_p: nucleus sampling: the smallest set of tokens whose probability reaches top_p.
+        seed: the seed of this request's own random generator (None: an unpredictable one).
+        writes: site -> intervention(s), built for ONE row exactly as ``actkit generate`` builds them.
+        prompt_logprobs: None, or k >= 0: each prompt token's log-probability (from token 1 on) and the top k.
+        logprobs: None, or k >= 0: the same for every generated token.
+        eos_token_ids: the ids that end generation (None: the model's generation config's).
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    writes: Mapping[str, Intervention | list[Intervention]] | None = None
+    prompt_logprobs: int | None = None
+    logprobs: int | None = None
+    eos_token_ids: frozenset[int] | None = None
+
+
+@dataclass
+class Token:
+    """One generated token (an EOS token ends the stream and is not sent as a Token)."""
+
+    id: int
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+
+
+@dataclass
+class Finished:
+    """The last event of a stream. ``completion_tokens`` counts the Token events sent (the EOS is not one)."""
+
+    reason: str  # "stop" (EOS), "length" (max_new_tokens), "cancelled", "error"
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
+    error: str | None = None
+
+
+class Stream:
+    """The events of one request: `Token` events, then one `Finished`."""
+
+    def __init__(self) -> None:
+        self._events: queue.Queue[Token | Finished] = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[Token | Finished]:
+        while True:
+            event = self._events.get()
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    def get(self, timeout: float | None = None) -> Token | Finished:
+        """The next event; `queue.Empty` after `timeout` seconds without one."""
+        return self._events.get(timeout=timeout)
+
+    def cancel(self) -> None:
+        """End the request before its next step (a client disconnect, a stop string); its row is freed."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _put(self, event: Token | Finished) -> None:
+        self._events.put(event)
+
+
+@dataclass
+class _Row:
+    """A request being served: where it stands, and the first error its writes raised."""
+
+    request: GenerationRequest
+    stream: Stream
+    eos: frozenset[int]
+    generator: torch.Generator | None
+    generated: int = 0
+    pending: int = -1  # the last sampled token, not yet in the cache
+    error: str | None = None
+    prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = f"{type(error).__name__}: {error}"
+
+
+class _GuardedPositions(Positions):
+    """A row's positions rule; an exception ends that row's request and selects nothing instead of propagating."""
+
+    def __init__(self, inner: Positions, row: _Row):
+        self.inner = inner
+        self.row = row
+
+    def select(self, ctx: StepContext) -> torch.Tensor:
+        if self.row.error is None:
+            try:
+                return self.inner.mask(ctx)
+            except Exception as error:
+                self.row.fail(error)
+        return torch.zeros_like(ctx.valid)
+
+
+class _Guarded(Intervention):
+    """One request's write in the shared batch: if it raises, that request fails and its row keeps its value,
+    so the forward goes on for the other rows unchanged."""
+
+    def __init__(self, inner: OnRows, row: _Row):
+        super().__init__(_GuardedPositions(inner.positions, row))
+        self.inner = inner
+        self.row = row
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if self.row.error is not None:
+            return x
+        try:
+            return self.inner(x, mask, ctx)
+        except Exception as error:
+            self.row.fail(error)
+            return x
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self.inner.edit(x, ctx)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _top(logprobs: torch.Tensor, k: int) -> list[dict[int, float]]:
+    """The k most likely tokens of each row of (N, V) log-probabilities."""
+    if k == 0:
+        return [{} for _ in range(logprobs.shape[0])]
+    values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return [dict(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Left-pad `t` with zeros along `dim` (-1 or -2) to `width`."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    return F.pad(t, (0, 0, missing, 0) if dim == -2 else (missing, 0))
+
+
+class Engine:
+    """Continuous batching over one model, each row with its own steering.
+
+    Arguments:
+        model: a causal language model of a full-attention decoder family (Llama, Qwen, Mistral, GPT-2, Mixtral,
+            ...); a model whose KV cache cannot be re-packed by rows (sliding-window layers shorter than its
+            context, recurrent state) is refused here, rather than generating wrong text.
+        tokenizer: its tokenizer, kept as ``engine.tokenizer`` for the callers that tokenize (requests come as
+            token ids; generation stops at the EOS ids of the model's generation config, as in `actkit.generate`).
+        max_batch: rows decoded together at most.
+        max_queue: requests waiting at most; `submit` refuses beyond.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, max_batch: int = 8, max_queue: int = 256):
+        if not _is_int(max_batch) or max_batch < 1:
+            raise ActkitError(f"max_batch must be an integer of at least 1, got {max_batch!r}")
+        if not _is_int(max_queue) or max_queue < 1:
+            raise ActkitError(f"max_queue must be an integer of at least 1, got {max_queue!r}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._anatomy = Anatomy.of(model)
+        limit = _position_limit(model)
+        if limit is None:
+            raise ActkitError(f"{type(model).__name__} does not state its context length (max_position_embeddings); "
+                              "the engine needs it to refuse prompts that do not fit")
+        self._limit = limit
+        self._device = next(model.parameters()).device
+        self.tokenizer = tokenizer
+        self._eos = frozenset(_eos_ids(model, None))
+        get_embeddings = getattr(model, "get_input_embeddings", None)
+        embeddings = get_embeddings() if callable(get_embeddings) else None
+        self._vocab = int(getattr(embeddings, "num_embeddings", 0)) or None
+        parameters = _forward_parameters(model)
+        self._keep_last = "logits_to_keep" in parameters
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
+        self._check_cache()
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[GenerationRequest, Stream]] = deque()
+        self._closed = False
+        self._deadline = math.inf
+        self._thread: threading.Thread | None = None
+        self._active: list[_Row] = []  # touched by the loop thread only, like the cache
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None
+
+    @property
+    def context_length(self) -> int:
+        """The most positions a request may use: its prompt plus its new tokens."""
+        return self._limit
+
+    def _check_cache(self) -> None:
+        """Run one token and check that every cache layer is a plain key/value layer this engine can re-pack."""
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self._device), use_cache=True)
+        cache = _cache_of(out)
+        layers = getattr(cache, "layers", None)
+        if not isinstance(cache, DynamicCache) or not layers:
+            raise ActkitError(f"{type(self.model).__name__} keeps a {type(cache).__name__} cache, which the serving "
+                              "engine cannot batch; serve a full-attention decoder (Llama, Qwen, Mistral, GPT-2, ...)")
+        for i, layer in enumerate(layers):
+            window = getattr(layer, "sliding_window", None) if isinstance(layer, DynamicSlidingWindowLayer) else None
+            plain = type(layer) is DynamicLayer or (window is not None and window >= self._limit)
+            if not plain or not isinstance(layer.keys, torch.Tensor) or layer.keys.shape[-2] != 1:
+                what = f"a sliding window of {window} tokens" if window is not None else type(layer).__name__
+                raise ActkitError(f"{type(self.model).__name__}'s layer {i} keeps {what} in its cache, which the "
+                                  "serving engine cannot re-pack by rows; serve a model with full attention in every "
+                                  "layer")
+
+    # ---- the caller's side (any thread) ----
+
+    def start(self) -> None:
+        """Start the background scheduling thread."""
+        with self._cond:
+            if self._thread is not None:
+                raise ActkitError("the engine was already started")
+            if self._closed:
+                raise ActkitError("the engine is shut down; create a new one")
+            self._thread = threading.Thread(target=self._run, name="actkit-serve-engine", daemon=True)
+            self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> Stream:
+        """Queue a request; returns its stream. Thread-safe.
+
+        Raises:
+            ActkitError: for a bad request (empty prompt, unknown token ids, bad sampling values, writes at unknown
+                or read-only sites), a prompt that does not fit the context with its new tokens, a full queue, or
+                an engine that was shut down.
+        """
+        self._check(request)
+        stream = Stream()
+        with self._cond:
+            if self._closed:
+                raise ActkitError("the engine is shut down and accepts no more requests")
+            if len(self._waiting) >= self.max_queue:
+                raise ActkitError(f"the queue is full ({self.max_queue} requests waiting); retry later")
+            self._waiting.append((request, stream))
+            self._cond.notify()
+        return stream
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop accepting; let active and queued requests finish within `timeout` seconds, cancel the rest, and
+        join the thread (which returns after the step running at the deadline)."""
+        with self._cond:
+            self._closed = True
+            self._deadline = min(self._deadline, time.monotonic() + max(0.0, timeout))
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        else:
+            self._cancel_waiting()
+
+    def _check(self, request: GenerationRequest) -> None:
+        if not isinstance(request, GenerationRequest):
+            raise ActkitError(f"submit takes a GenerationRequest, not a {type(request).__name__}")
+        ids = request.prompt_ids
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise ActkitError("the prompt is empty: give at least one token id")
+        if not all(_is_int(t) and 0 <= t and (self._vocab is None or t < self._vocab) for t in ids):
+            raise ActkitError(f"the prompt holds token ids that are not integers in 0..{(self._vocab or 0) - 1}")
+        n = request.max_new_tokens
+        if not _is_int(n) or n < 0:
+            raise ActkitError(f"max_new_tokens must be an integer of at least 0, got {n!r}")
+        if len(ids) + n > self._limit:
+            raise ActkitError(f"the prompt is {len(ids)} tokens; with max_new_tokens={n} that is {len(ids) + n} "
+                              f"positions, but the model's context is {self._limit} tokens")
+        t = request.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ActkitError(f"temperature must be a finite number of at least 0, got {t!r}")
+        p = request.top_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ActkitError(f"top_p must be in (0, 1], got {p!r}")
+        if request.seed is not None and not _is_int(request.seed):
+            raise ActkitError(f"seed must be an integer, got {request.seed!r}")
+        for name in ("prompt_logprobs", "logprobs"):
+            k = getattr(request, name)
+            if k is not None and (not _is_int(k) or k < 0):
+                raise ActkitError(f"{name} must be None or an integer of at least 0, got {k!r}")
+        if request.eos_token_ids is not None and not all(_is_int(t) for t in request.eos_token_ids):
+            raise ActkitError("eos_token_ids must be integers")
+        for raw, values in (request.writes or {}).items():
+            site = Site.parse(raw)
+            if site.kind in READ_ONLY:
+                raise ActkitError(f"site {site} is read-only: {READ_ONLY[site.kind]}")
+            self._anatomy.point(site)
+            for value in _as_list(values):
+                if not isinstance(value, Intervention):
+                    raise ActkitError(f"write at {site}: {type(value).__name__} is not an Intervention")
+
+    # ---- the loop (the engine thread) ----
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._active and not self._closed:
+                    self._cond.wait()
+                idle = not self._waiting and not self._active
+                if self._closed and (idle or time.monotonic() >= self._deadline):
+                    break
+            self._step()
+        for row in self._active:
+            self._finish(row, "cancelled")
+        self._release(list(range(len(self._active))))
+        self._cancel_waiting()
+
+    def _step(self) -> None:
+        try:
+            self._drop_cancelled()
+            self._admit()
+            if self._active:
+                self._decode()
+        except Exception as error:  # the model itself failed (no request's write): end the batch, keep serving
+            for row in self._active:
+                row.fail(error)
+                self._finish(row, "error")
+            self._release(list(range(len(self._active))))
+
+    def _cancel_waiting(self) -> None:
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), deque()
+        for request, stream in waiting:
+            stream._put(Finished("cancelled", len(request.prompt_ids), 0))
+
+    def _drop_cancelled(self) -> None:
+        gone = [i for i, row in enumerate(self._active) if row.stream.cancelled]
+        for i in gone:
+            self._finish(self._active[i], "cancelled")
+        self._release(gone)
+
+    def _admit(self) -> None:
+        joined: list[tuple[_Row, DynamicCache]] = []
+        while len(self._active) + len(joined) < self.max_batch:
+            with self._cond:
+                if not self._waiting:
+                    break
+                request, stream = self._waiting.popleft()
+            if stream.cancelled:
+                stream._put(Finished("cancelled", len(request.prompt_ids), 0))
+                continue
+            row = _Row(request, stream, request.eos_token_ids if request.eos_token_ids is not None else self._eos,
+                       self._generator(request))
+            try:
+                cache = self._prefill(row)
+            except Exception as error:
+                row.fail(error)
+                self._finish(row, "error")
+                continue
+            if cache is not None:
+                joined.append((row, cache))
+        if joined:
+            self._join(joined)
+
+    def _generator(self, request: GenerationRequest) -> torch.Generator | None:
+        if request.temperature == 0:
+            return None
+        generator = torch.Generator(device=self._device)
+        if request.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(request.seed)
+        return generator
+
+    def _prefill(self, row: _Row) -> DynamicCache | None:
+        """Run the prompt alone; returns its cache if the row goes on to the batch."""
+        request = row.request
+        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self._device)
+        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                  "position_ids": torch.arange(ids.shape[1], device=self._device)[None],
+                                  "use_cache": request.max_new_tokens > 0}
+        if self._keep_last and request.prompt_logprobs is None:
+            inputs["logits_to_keep"] = 1
+        out = self._forward([row], inputs)
+        if row.error is not None:
+            self._finish(row, "error")
+            return None
+        if request.prompt_logprobs is not None:
+            logprobs = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+            chosen = logprobs.gather(1, ids[0, 1:, None]).reshape(-1).tolist()
+            row.prompt_logprobs = [(None, {}), *zip(chosen, _top(logprobs, request.prompt_logprobs), strict=True)]
+        if request.max_new_tokens == 0:
+            self._finish(row, "length")
+            return None
+        if self._sample([row], out.logits[:, -1]):
+            return None
+        return _cache_of(out)
+
+    def _decode(self) -> None:
+        rows = self._active
+        assert self._cache is not None and self._mask is not None
+        ones = torch.ones(len(rows), 1, dtype=self._mask.dtype, device=self._device)
+        mask = torch.cat([self._mask, ones], dim=1)
+        inputs: dict[str, Any] = {
+            "input_ids": torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self._device),
+            "attention_mask": mask,
+            "position_ids": torch.tensor([[r.prompt_len + r.generated - 1] for r in rows], device=self._device),
+            self._cache_arg: self._cache, "use_cache": True}
+        if self._keep_last:
+            inputs["logits_to_keep"] = 1
+        out = self._forward(rows, inputs)
+        self._mask = mask
+        done = []
+        for i, row in enumerate(rows):
+            if row.error is not None:
+                self._finish(row, "error")
+                done.append(i)
+        live = [i for i in range(len(rows)) if rows[i].error is None]
+        ended = self._sample([rows[i] for i in live], out.logits[live, -1])
+        self._release(sorted(done + [live[j] for j in ended]))
+
+    def _forward(self, rows: list[_Row], inputs: dict[str, Any]) -> Any:
+        """One forward of the batch `rows`, each row's writes restricted to it."""
+        writes: dict[str, list[Intervention]] = {}
+        for i, row in enumerate(rows):
+            if not row.request.writes:
+                continue
+            only = torch.zeros(len(rows), dtype=torch.bool, device=self._device)
+            only[i] = True
+            for raw, values in row.request.writes.items():
+                site = str(Site.parse(raw))
+                writes.setdefault(site, []).extend(_Guarded(OnRows(v, only), row) for v in _as_list(values))
+        with torch.inference_mode():
+            if not writes:
+                return self.model(**inputs)
+            lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
+            with tap(self.model, write=writes, prompt_lengths=lengths):
+                return self.model(**inputs)
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Pick and send each row's next token from its (V,) logits; returns the indices of the rows that ended."""
+        logits = logits.float()
+        greedy = logits.argmax(dim=-1).tolist()
+        ended = []
+        for i, row in enumerate(rows):
+            request = row.request
+            token = greedy[i] if row.generator is None else self._draw(logits[i], request, row.generator)
+            if token in row.eos:
+                self._finish(row, "stop")
+                ended.append(i)
+                continue
+            event = Token(token)
+            if request.logprobs is not None:
+                logprobs = torch.log_softmax(logits[i], dim=-1)
+                event.logprob = float(logprobs[token])
+                event.top_logprobs = _top(logprobs[None], request.logprobs)[0]
+            row.stream._put(event)
+            row.generated += 1
+            row.pending = token
+            if row.generated >= request.max_new_tokens:
+                self._finish(row, "length")
+                ended.append(i)
+        return ended
+
+    @staticmethod
+    def _draw(logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
+        """Sample from softmax(logits / T), keeping the smallest set of tokens whose probability reaches top_p."""
+        probs = torch.softmax(logits / request.temperature, dim=-1)
+        ordered, order = probs.sort(descending=True)
+        if request.top_p < 1:
+            ordered = ordered * ((ordered.cumsum(0) - ordered) < request.top_p)
+        return int(order[torch.multinomial(ordered, 1, generator=generator)])
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        row.stream._put(Finished(reason, row.prompt_len, row.generated, row.prompt_logprobs,
+                                 row.error if reason == "error" else None))
+
+    # ---- the batch's cache ----
+
+    def _join(self, joined: list[tuple[_Row, DynamicCache]]) -> None:
+        """Add rows (each with its own prefill cache) to the batch: left-pad everything to the longest, concatenate."""
+        parts: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = []
+        if self._cache is not None and self._mask is not None:
+            parts.append((_layers(self._cache), self._mask))
+        for row, cache in joined:
+            parts.append((_layers(cache), torch.ones(1, row.prompt_len, dtype=torch.long, device=self._device)))
+        width = max(mask.shape[1] for _, mask in parts)
+        layers = [(torch.cat([_pad_left(p[0][i][0], width, -2) for p in parts]),
+                   torch.cat([_pad_left(p[0][i][1], width, -2) for p in parts]))
+                  for i in range(len(parts[0][0]))]
+        self._cache = DynamicCache(layers)
+        self._mask = torch.cat([_pad_left(mask, width, -1) for _, mask in parts])
+        self._active = self._active + [row for row, _ in joined]
+
+    def _release(self, gone: list[int]) -> None:
+        """Drop rows from the batch and the padding columns no remaining row needs."""
+        if not gone:
+            return
+        keep = [i for i in range(len(self._active)) if i not in set(gone)]
+        self._active = [self._active[i] for i in keep]
+        if not keep or self._cache is None or self._mask is None:
+            self._cache = self._mask = None
+            return
+        index = torch.tensor(keep, device=self._device)
+        mask = self._mask[index]
+        start = int(torch.nonzero(mask.sum(0)).min())
+        self._cache = DynamicCache([(k[index, :, start:], v[index, :, start:]) for k, v in _layers(self._cache)])
+        self._mask = mask[:, start:]
+
+
+def _cache_of(output: Any) -> Any:
+    """The cache a forward returned (``cache`` in transformers 5, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (keys, values), (B, heads, length, head size): plain layers, as `_check_cache` made sure."""
+    out = []
+    for layer in cast(list[DynamicLayer], cache.layers):
+        assert layer.keys is not None and layer.values is not None
+        out.append((layer.keys, layer.values))
+    return out
+
+
+def _forward_parameters(model: nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+__all__ = ["Engine", "Finished", "GenerationRequest", "Stream", "Token"]
