@@ -5,36 +5,29 @@ sends ``echo`` + ``logprobs`` + ``max_tokens: 1`` completions (the prompt's log-
 continuation's. The task is a two-choice sentiment task on toy-corpus reviews that the test writes to a temporary
 folder (a task YAML and a JSONL file; nothing is downloaded). Each request's log-likelihood must equal a plain
 forward of the model on the same token ids (log_softmax, summed over the continuation) within 1e-4: unsteered,
-and steered through a preset model name (``toy-dense:NAME@COEF``) against the same writes under `tap`.
+and steered through a preset model name (``toy-dense:sentiment@0.8``, the vector of conftest's ``vector_dir``)
+against the writes that preset means (`steering_writes`, relative) under `tap`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 
 from actkit import load, tap
 from actkit.models import builtin_folder
-from actkit.steer import read_pairs, save_vector, train_vector
-from actkit.steer.pairs import pairs_path
+from actkit.steer import load_vector, steering_writes
 
 lm_eval = pytest.importorskip("lm_eval")
+pytest.importorskip("tenacity", reason="lm-eval's API models need it: pip install 'lm-eval[api]'")
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 VECTOR = "sentiment"
 COEF = 0.8
-LAYER = 1
 #: Toy-corpus review openings with a positive and a negative next word (label: the one the stars ask for).
 DOCS = [
     {"prompt": "Kate reviewed the storm shelter, 2 stars: The radar was", "choices": [" wonderful", " poor"],
@@ -62,60 +55,15 @@ metric_list:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def toy() -> tuple[Any, Any]:
     return load("builtin:toy-dense")
 
 
 @pytest.fixture(scope="module")
-def vectors(toy: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """The server's vector folder, holding a sentiment vector trained on the shipped toy pairs; and the vector."""
-    model, tokenizer = toy
-    trained = train_vector(model, tokenizer, read_pairs(pairs_path("builtin:toy-sentiment")), LAYER)
-    folder = tmp_path_factory.mktemp("vectors")
-    save_vector(trained, folder / f"{VECTOR}.safetensors")
-    return folder, trained
-
-
-@pytest.fixture(scope="module")
-def server(vectors: tuple[Path, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``actkit serve`` on the toy model with the vector folder, in a subprocess on a free loopback port."""
-    folder = vectors[0]
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-c", "from actkit.cli import main; main()", "serve",
-                             "--model", "builtin:toy-dense", "--vectors", str(folder), "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"the server exited with {proc.returncode}: {Path(log.name).read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the server did not start: {Path(log.name).read_text()}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def server(serve_module: Callable[..., Any], vector_dir: Path) -> str:
+    """One server for the module: toy-dense with conftest's sentiment vector; its base URL."""
+    return str(serve_module("--model", "builtin:toy-dense", "--vectors", str(vector_dir)).url)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +86,8 @@ def _evaluate(base: str, model_name: str, task_dir: Path, monkeypatch: pytest.Mo
             "tokenizer": str(builtin_folder("toy-dense")), "tokenized_requests": True, "add_bos_token": True,
             "max_length": 256, "max_retries": 1, "num_concurrent": 4}
     results = simple_evaluate(model="local-completions", model_args=args, tasks=["toy_sentiment_ab"],
-                              task_manager=TaskManager(include_path=str(task_dir)), log_samples=True,
-                              cache_requests=False, bootstrap_iters=0)
+                              task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+                              log_samples=True, cache_requests=False, bootstrap_iters=0)
     assert results is not None
     return list(results["samples"]["toy_sentiment_ab"])
 
@@ -160,11 +108,13 @@ def _reference(model: Any, tokenizer: Any, context: str, continuation: str,
 
 
 @pytest.mark.parametrize("steered", [False, True], ids=["unsteered", "preset"])
-def test_lm_eval_loglikelihoods_match_in_process(steered: bool, toy: tuple[Any, Any], vectors: tuple[Path, Any],
-                                                 server: str, task_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lm_eval_loglikelihoods_match_in_process(steered: bool, toy: tuple[Any, Any], vector_dir: Path,
+                                                 server: str, task_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = toy
     name = f"toy-dense:{VECTOR}@{COEF}" if steered else "toy-dense"
-    writes = vectors[1].to_intervention(COEF, relative=True) if steered else None
+    vector = load_vector(vector_dir / f"{VECTOR}.safetensors", model)
+    writes = steering_writes(vector, COEF, relative=True) if steered else None  # what the preset means
     samples = _evaluate(server, name, task_dir, monkeypatch)
     assert sorted(s["doc"]["prompt"] for s in samples) == sorted(d["prompt"] for d in DOCS)
     moved = 0.0
