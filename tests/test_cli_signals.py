@@ -10,16 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from actkit.cli_common import TERMINATED
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="POSIX signals")
+from cli_helpers import listing, terminate_when_held
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="POSIX signals")
 
 #: Runs ``actkit ARGS``; first patches one function so that the run says HELD on stderr and sleeps inside it.
 DRIVER = """
@@ -46,45 +45,22 @@ main()
 """
 
 
-def _listing(folder: Path) -> dict[str, bytes | None]:
-    """Every path under `folder` (hidden ones included) with its bytes (None for a folder)."""
-    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
-
-
 def _terminate_while_held(tmp_path: Path, hold: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``actkit ARGS`` in `tmp_path`, wait until it holds, send SIGTERM; the finished process."""
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, hold, *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.strip() == "HELD":
-                break
-        else:
-            raise AssertionError("the run ended before it reached the temporary: " + "".join(seen))
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "".join(seen) + err)
+    return terminate_when_held(DRIVER, [hold, *args], tmp_path)
 
 
 def test_prune_weights_sigterm_keeps_the_old_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "pruned"
     out.mkdir()
     (out / "config.json").write_text('{"an": "earlier run"}')
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     done = _terminate_while_held(tmp_path, "after", "prune", "weights", "--out", "pruned", "--force",
                                  "--method", "magnitude", "--sparsity", "0.5", "--eval-documents", "0")
     assert done.returncode == TERMINATED, done.stderr
     assert "error: terminated by SIGTERM" in done.stderr
     assert "Traceback" not in done.stderr
-    assert _listing(tmp_path) == before  # no .pruned.*.partial beside it, the old checkpoint untouched
+    assert listing(tmp_path) == before  # no .pruned.*.partial beside it, the old checkpoint untouched
 
 
 def test_prune_experts_sigterm_leaves_no_folder(tmp_path: Path) -> None:
@@ -92,13 +68,13 @@ def test_prune_experts_sigterm_leaves_no_folder(tmp_path: Path) -> None:
                                  "--calibration-documents", "4", "--eval-documents", "0")
     assert done.returncode == TERMINATED, done.stderr
     assert "Traceback" not in done.stderr
-    assert _listing(tmp_path) == {}
+    assert listing(tmp_path) == {}
 
 
 def test_profile_sigterm_leaves_no_report_folder(tmp_path: Path) -> None:
     done = _terminate_while_held(tmp_path, "publish", "profile", "--max-tokens", "40", "--out", "new/report")
     assert done.returncode == TERMINATED, done.stderr
-    assert _listing(tmp_path) == {}  # neither the staging folder nor the folders made for it
+    assert listing(tmp_path) == {}  # neither the staging folder nor the folders made for it
 
 
 def test_profile_sigterm_keeps_an_earlier_report(tmp_path: Path) -> None:
@@ -106,8 +82,8 @@ def test_profile_sigterm_keeps_an_earlier_report(tmp_path: Path) -> None:
     out.mkdir()
     (out / "profile.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     done = _terminate_while_held(tmp_path, "publish", "profile", "--max-tokens", "40", "--out", "report",
                                  "--force")
     assert done.returncode == TERMINATED, done.stderr
-    assert _listing(tmp_path) == before  # no .actkit-*.tmp staging folder inside it
+    assert listing(tmp_path) == before  # no .actkit-*.tmp staging folder inside it

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,9 @@ from actkit.cli_common import TERMINATED
 from actkit.errors import ActkitError
 from actkit.steer import SteeringVector, load_vector
 
-posix_signals = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="POSIX signals")
+from cli_helpers import listing, terminate_when_held
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+posix_signals = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="POSIX signals")
 
 #: Runs ``actkit ARGS`` with the steering report's `publish` replaced: it says HELD on stderr and sleeps.
 DRIVER = """
@@ -47,11 +45,6 @@ EARLIER_RUN = ["report.md", "results.json", "steering.png", "vectors/sentiment.s
                "vectors/refusal.safetensors"]
 
 
-def _listing(folder: Path) -> dict[str, bytes | None]:
-    """Every path under `folder` (hidden ones included) with its bytes (None for a folder)."""
-    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
-
-
 def _earlier_run(out: Path) -> None:
     for name in [*EARLIER_RUN, "notes.txt"]:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
@@ -61,28 +54,15 @@ def _earlier_run(out: Path) -> None:
 def _demo_terminated_in_staging(tmp_path: Path, out: str, *args: str) -> tuple[int, str, list[str]]:
     """Run ``actkit demo --out OUT ARGS`` in `tmp_path` on the built-in model, wait until it holds, note what is
     staged, send SIGTERM; the exit status, stderr, and the staged files (relative to the staging folder)."""
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    command = [sys.executable, "-c", DRIVER, "demo", "--out", out, "--prompts", "1", "-n", "1", *args]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.strip() == "HELD":
-                break
-        else:
-            raise AssertionError("the demo ended before it reached its staging folder: " + "".join(seen))
+    staged: list[str] = []
+
+    def note_staged() -> None:
         stages = list((tmp_path / out).glob(".actkit-*.tmp"))
-        staged = sorted(str(p.relative_to(s)) for s in stages for p in s.rglob("*") if p.is_file())
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, "".join(seen) + err, staged
+        staged.extend(sorted(str(p.relative_to(s)) for s in stages for p in s.rglob("*") if p.is_file()))
+
+    done = terminate_when_held(DRIVER, ["demo", "--out", out, "--prompts", "1", "-n", "1", *args], tmp_path,
+                               note_staged)
+    return done.returncode, done.stderr, staged
 
 
 @posix_signals
@@ -90,17 +70,17 @@ def test_demo_sigterm_in_staging_leaves_no_folder(tmp_path: Path) -> None:
     status, err, staged = _demo_terminated_in_staging(tmp_path, "runs/demo")
     assert status == TERMINATED, err
     assert "error: terminated by SIGTERM" in err and "Traceback" not in err
-    assert _listing(tmp_path) == {}  # no demo folder, no vectors/, no staging folder, no runs/
+    assert listing(tmp_path) == {}  # no demo folder, no vectors/, no staging folder, no runs/
     assert staged == sorted(EARLIER_RUN)  # the report and both vectors were waiting in one staging folder
 
 
 @posix_signals
 def test_demo_sigterm_in_staging_keeps_an_earlier_run(tmp_path: Path) -> None:
     _earlier_run(tmp_path / "demo")
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     status, err, staged = _demo_terminated_in_staging(tmp_path, "demo", "--force")
     assert status == TERMINATED, err
-    assert _listing(tmp_path) == before  # the earlier report and vectors untouched, nothing hidden left inside
+    assert listing(tmp_path) == before  # the earlier report and vectors untouched, nothing hidden left inside
     assert staged == sorted(EARLIER_RUN)
 
 
@@ -135,16 +115,16 @@ def second_vector_fails(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_failed_write_removes_the_folders_it_made(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="no space"):
         report.write_steering_report(_result(), tmp_path / "runs" / "demo", vectors=_vectors())
-    assert _listing(tmp_path) == {}
+    assert listing(tmp_path) == {}
 
 
 @pytest.mark.usefixtures("second_vector_fails")
 def test_a_failed_write_keeps_an_earlier_run(tmp_path: Path) -> None:
     _earlier_run(tmp_path / "demo")
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     with pytest.raises(OSError, match="no space"):
         report.write_steering_report(_result(), tmp_path / "demo", vectors=_vectors(), overwrite=True)
-    assert _listing(tmp_path) == before
+    assert listing(tmp_path) == before
 
 
 def test_report_and_vectors_are_written_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

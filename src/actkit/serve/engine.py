@@ -248,6 +248,8 @@ class Engine:
         self._deadline = math.inf
         self._thread: threading.Thread | None = None
         self._active: list[_Row] = []  # touched by the loop thread only, like the cache
+        self._writes_rows: list[_Row] = []  # the rows `_writes` was built for
+        self._writes: tuple[dict[str, list[Intervention]], torch.Tensor] = ({}, torch.zeros(0))
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
 
@@ -477,20 +479,29 @@ class Engine:
 
     def _forward(self, rows: list[_Row], inputs: dict[str, Any]) -> Any:
         """One forward of the batch `rows`, each row's writes restricted to it."""
-        writes: dict[str, list[Intervention]] = {}
-        for i, row in enumerate(rows):
-            if not row.writes:
-                continue
-            only = torch.zeros(len(rows), dtype=torch.bool)
-            only[i] = True
-            for site, values in row.writes:
-                writes.setdefault(site, []).extend(_Guarded(OnRows(v, only), row) for v in values)
+        writes, lengths = self._batch_writes(rows)
         with torch.inference_mode():
             if not writes:
                 return self.model(**inputs)
-            lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
             with tap(self.model, write=writes, prompt_lengths=lengths):
                 return self.model(**inputs)
+
+    def _batch_writes(self, rows: list[_Row]) -> tuple[dict[str, list[Intervention]], torch.Tensor]:
+        """The batch's writes (each row's restricted to it) and prompt lengths: built when the rows change, not at
+        every decode step."""
+        held = self._writes_rows  # held, not their ids: a freed row's id may be reused by a new row
+        if len(held) != len(rows) or any(a is not b for a, b in zip(held, rows, strict=False)):
+            writes: dict[str, list[Intervention]] = {}
+            for i, row in enumerate(rows):
+                if not row.writes:
+                    continue
+                only = torch.zeros(len(rows), dtype=torch.bool)
+                only[i] = True
+                for site, values in row.writes:
+                    writes.setdefault(site, []).extend(_Guarded(OnRows(v, only), row) for v in values)
+            lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
+            self._writes_rows, self._writes = list(rows), (writes, lengths)
+        return self._writes
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Pick and send each row's next token from its (V,) logits; returns the indices of the rows that ended."""
