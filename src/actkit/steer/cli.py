@@ -192,29 +192,44 @@ def inspect_command(
 def export_command(
     path: Annotated[Path, typer.Argument(help="The vector file to export (.safetensors).")],
     format: Annotated[str, typer.Option("--format", "-f", help="Target format: gguf (a llama.cpp control "
-                                        "vector).")] = "gguf",
+                                        "vector) or lm-eval (lm-evaluation-harness's steered model).")] = "gguf",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="The file to write (default: PATH with the "
                                              "format's suffix).")] = None,
     model_hint: Annotated[str | None, typer.Option("--model-hint", help="controlvector.model_hint (default: the "
                                                    "model type the vector was trained on).")] = None,
+    coef: Annotated[float, typer.Option("--coef", "-c", help="lm-eval: the steering coefficient written into the "
+                                        "file.")] = 1.0,
+    relative: Annotated[bool, typer.Option("--relative", help="lm-eval: --coef is a fraction of the mean residual "
+                                           "norm at each layer (baked into the vector).")] = False,
     force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Export a vector to another tool's format (llama.cpp: --control-vector-scaled FILE:STRENGTH)."""
+    """Export a vector to another tool's format (llama.cpp: --control-vector-scaled FILE:STRENGTH; lm-eval:
+    --model steered --model_args pretrained=MODEL,steer_path=FILE)."""
     from actkit.steer import export_gguf, load_vector
+    from actkit.steer.lm_eval_export import export_lm_eval
 
+    kind = format.lower()
     with bad_input():
-        if format.lower() != "gguf":
-            raise ActkitError(f"unknown --format {format!r}; the supported format is gguf")
-        target = out if out is not None else path.with_suffix(".gguf")
+        if kind not in ("gguf", "lm-eval"):
+            raise ActkitError(f"unknown --format {format!r}; the supported formats are gguf and lm-eval")
+        target = out if out is not None else path.with_suffix(".gguf" if kind == "gguf" else ".pt")
         if target.resolve() == path.resolve():
             raise ActkitError(f"the output {str(target)!r} is the input file; give another --out")
         check_output_file(target, overwrite=force)
         vector = load_vector(path)
-        export_gguf(vector, target, overwrite=force, model_hint=model_hint)
+        if kind == "lm-eval":
+            export_lm_eval(vector, target, coef, relative=relative, overwrite=force)
+        else:
+            export_gguf(vector, target, overwrite=force, model_hint=model_hint)
     if as_json:
-        typer.echo(json.dumps({"path": str(path), "out": str(target), "format": "gguf", "layers": vector.layers},
+        typer.echo(json.dumps({"path": str(path), "out": str(target), "format": kind, "layers": vector.layers},
                               indent=2))
+        return
+    if kind == "lm-eval":
+        stdout().print(Text(f"wrote {target}: {len(vector.layers)} direction(s) at blocks "
+                            f"{', '.join(map(str, vector.layers))}; use it with lm-eval --model steered "
+                            f"--model_args pretrained=MODEL,steer_path={target}"), highlight=False)
         return
     stdout().print(Text(f"wrote {target}: {len(vector.layers)} direction(s) at blocks "
                          f"{', '.join(map(str, vector.layers))}; use it with llama.cpp's "
