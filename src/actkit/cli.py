@@ -19,6 +19,7 @@ from actkit.builtin.cli import app as builtin_app
 from actkit.cli_common import BAD_INPUT, DEFAULT_MODEL, RootGroup, print_error, sigterm_unwinds
 from actkit.compress.cli import prune_app
 from actkit.compress.experts.cli import experts_command
+from actkit.datasets.cli import data_app
 from actkit.demo.cli import demo_command
 from actkit.errors import ActkitError
 from actkit.evaluate.cli import eval_app
@@ -65,6 +66,7 @@ prune_app.command("experts")(experts_command)
 app.add_typer(eval_app, name="eval")
 app.command("patch")(patch_command)
 app.command("serve")(serve_command)
+app.add_typer(data_app, name="data")
 
 def main() -> None:
     """Console entry point: SIGTERM unwinds like Ctrl-C (status 143), and an `ActkitError` raised outside a
