@@ -165,7 +165,7 @@ def test_input_sites_unknown_models_and_suffixes_are_refused(vector: SteeringVec
 def test_cli_export_lm_eval(vector: SteeringVector, tmp_path: Path) -> None:
     source = save_vector(vector, tmp_path / "v.safetensors")
     result = invoke("vector", "export", "--format", "lm-eval", str(source), "--out", str(tmp_path / "v.pt"),
-                     "--coef", "3", "--json")
+                     "--coef", "3", "--model", "builtin:toy-dense", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["format"] == "lm-eval"
     config = torch.load(tmp_path / "v.pt", weights_only=True)

@@ -43,7 +43,7 @@ def delimited_rows(path: Path, what: str, columns: Sequence[str], delimiter: str
         found = ", ".join(repr(h) for h in header[:12]) or "nothing"
         raise ActkitError(
             f"{what} file {str(path)!r}, line 1: the header lacks column(s) {', '.join(map(repr, missing))}; {what} "
-            f"{what} file is {kind} with a header holding {', '.join(map(repr, columns))} (found {found})")
+            f"files are {kind} with a header holding {', '.join(map(repr, columns))} (found {found})")
     for row in reader:
         line = reader.line_num
         if None in row:  # more fields than the header names

@@ -201,6 +201,9 @@ def export_command(
                                         "file.")] = 1.0,
     relative: Annotated[bool, typer.Option("--relative", help="lm-eval: --coef is a fraction of the mean residual "
                                            "norm at each layer (baked into the vector).")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="lm-eval: check the vector against this "
+                                              "model and find the hookpoints in it (default: from the anatomy "
+                                              "table of the vector's model type).")] = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -219,7 +222,12 @@ def export_command(
         check_output_file(target, overwrite=force)
         vector = load_vector(path)
         if kind == "lm-eval":
-            export_lm_eval(vector, target, coef, relative=relative, overwrite=force)
+            loaded = None
+            if model is not None:
+                from actkit.models import load
+
+                loaded, _ = load(model)
+            export_lm_eval(vector, target, coef, relative=relative, model=loaded, overwrite=force)
         else:
             export_gguf(vector, target, overwrite=force, model_hint=model_hint)
     if as_json:
