@@ -59,6 +59,13 @@ SOCIAL_CHEM = _delimited([
      "action-char-involved": "", "action-hypothetical": "", "situation": "asdf", "situation-short-id": "d4",
      "rot": "asdf", "rot-id": "r4", "rot-worker-id": 7, "breakdown-worker-id": "", "n-characters": 1,
      "characters": "narrator"},
+    {"area": "amitheasshole", "m": 5, "split": "dev-extra", "rot-agree": 4, "rot-categorization": "social-norms",
+     "rot-moral-foundations": "care-harm", "rot-char-targeting": "char-0", "rot-bad": 0, "rot-judgment": "it's rude",
+     "action": "ignoring a friend's message", "action-agency": "agency", "action-moral-judgment": -2,
+     "action-agree": 4, "action-legal": "legal", "action-pressure": -1, "action-char-involved": "char-0",
+     "action-hypothetical": "", "situation": "not answering my roommate for a week", "situation-short-id": "a1",
+     "rot": "It's rude to ignore a friend's message.", "rot-id": "r1", "rot-worker-id": 1,
+     "breakdown-worker-id": 9, "n-characters": 2, "characters": "narrator|my roommate"},
 ], "\t")
 
 SCRUPLES_ANECDOTES = _jsonl([
@@ -129,7 +136,7 @@ MFQ = _delimited([
 
 #: format -> (file name, contents, pairs expected, rows skipped, prompts expected)
 CASES: dict[str, tuple[str, str, int, int, int]] = {
-    "social-chem101": ("social-chem-101.v1.0.tsv", SOCIAL_CHEM, 2, 2, 2),
+    "social-chem101": ("social-chem-101.v1.0.tsv", SOCIAL_CHEM, 2, 3, 2),
     "scruples-anecdotes": ("train.scruples-anecdotes.jsonl", SCRUPLES_ANECDOTES, 2, 0, 2),
     "scruples-dilemmas": ("dev.scruples-dilemmas.jsonl", SCRUPLES_DILEMMAS, 2, 0, 2),
     "moral-stories": ("moral_stories_full.jsonl", MORAL_STORIES, 1, 0, 1),

@@ -110,6 +110,10 @@ def _social_chem(path: Path, fmt: Format) -> Converted:
     judgments = {"-2": "bad", "-1": "bad", "0": None, "1": "good", "2": "good", "": "missing",
                  "-2.0": "bad", "-1.0": "bad", "0.0": None, "1.0": "good", "2.0": "good"}
     for line, row in _rows(path, fmt):
+        split = str(row.get("split", "")).strip()
+        if split not in ("train", "dev", "test"):
+            out.skipped[f"not in the main train/dev/test splits (split = {split or 'empty'})"] += 1
+            continue
         if str(row.get("rot-bad", "0")).strip() in ("1", "1.0"):
             out.skipped["rule of thumb marked bad by its annotator (rot-bad = 1)"] += 1
             continue
@@ -245,7 +249,7 @@ def _mfq(path: Path, fmt: Format) -> Converted:
 
 _SPECS: tuple[Format, ...] = (
     Format("social-chem101", "Social Chemistry 101 (social-chem-101.v1.0.tsv)", "tsv",
-           ("situation", "action", "action-moral-judgment", "rot-bad"),
+           ("split", "situation", "action", "action-moral-judgment", "rot-bad"),
            "judges the action as the annotators did (good or bad)", _social_chem),
     Format("scruples-anecdotes", "Scruples anecdotes ({split}.scruples-anecdotes.jsonl)", "jsonl",
            ("id", "title", "text", "binarized_label"),
