@@ -35,7 +35,7 @@ from actkit.errors import ActkitError
 from actkit.io import check_output_file
 from actkit.steer.pairs import DATA_DIR, pairs_path
 
-vector_app = group("vector", "Steering vectors: train one from contrast pairs, inspect a file, export it for llama.cpp.")
+vector_app = group("vector", "Steering vectors: train one from contrast pairs, inspect a file, export it for llama.cpp or lm-eval.")
 
 
 def parse_layers(text: str) -> list[int] | None:
