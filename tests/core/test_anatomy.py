@@ -209,3 +209,13 @@ def test_registering_a_table_is_enough_for_a_new_family() -> None:
         from actkit.core import anatomy
 
         anatomy._FAMILIES.pop("gptj", None)
+
+
+def test_families_lists_each_table_once_and_family_of_finds_it():
+    from actkit.core.anatomy import families, family_of
+
+    listed = families()
+    assert len({id(f) for f in listed}) == len(listed)
+    llama = family_of("llama")
+    assert llama is not None and any(f is llama for f in listed)
+    assert family_of("no-such-model-type") is None

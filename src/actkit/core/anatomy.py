@@ -84,8 +84,17 @@ def register_family(family: Family) -> Family:
 
 
 def families() -> list[Family]:
-    """The registered families, once each, in registration order."""
-    return list(dict.fromkeys(_FAMILIES.values()))
+    """The registered families, once each, in registration order (by identity: the tables hold dicts, so they
+    do not hash)."""
+    unique: dict[int, Family] = {}
+    for family in _FAMILIES.values():
+        unique.setdefault(id(family), family)
+    return list(unique.values())
+
+
+def family_of(model_type: str) -> Family | None:
+    """The table registered for a config's ``model_type``, or None when actkit has none."""
+    return _FAMILIES.get(model_type)
 
 
 @dataclass(frozen=True)

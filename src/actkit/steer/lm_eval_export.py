@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actkit.core.anatomy import _FAMILIES, Anatomy
+from actkit.core.anatomy import Anatomy, family_of
 from actkit.core.positions import All, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
@@ -53,7 +53,7 @@ def lm_eval_hookpoints(vector: SteeringVector, model: nn.Module | None = None) -
     if model is not None:
         return _hookpoints_from_model(vector, model)
     model_type = (vector.metadata.get("config") or {}).get("model_type")
-    family = _FAMILIES.get(str(model_type))  # (`families()` would do, but it hashes the unhashable tables)
+    family = family_of(str(model_type))
     if family is None:
         raise ActkitError(f"the vector's metadata names model type {model_type!r}, for which actkit has no anatomy "
                           "table; give the model (--model) so that the hookpoints are found in it")
