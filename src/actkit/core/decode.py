@@ -72,7 +72,12 @@ class Step:
             raise ActkitError(f"a rollback takes back at least one token, got k={k}")
         if bool(self.finished[row]):
             raise ActkitError(f"row {row} has finished; it cannot be rolled back")
+        kept = self.generated[row]
+        if not kept:
+            raise ActkitError(f"row {row} has generated nothing yet; there is nothing to roll back")
+        k = min(k, len(kept))
         self._loop.rollback(row, k)
+        del kept[len(kept) - k:]
         self.rolled_back[row] = True
 
 
@@ -128,7 +133,7 @@ class _Loop:
     def rollback(self, row: int, k: int) -> None:
         """Holes for the row's last k real tokens and for the one before, which is fed again at the next pass."""
         slots = self.slots[row]
-        drop = slots[-(k + 1):] if k + 1 <= len(slots) else slots
+        drop = slots[-(k + 1):]  # k <= generated tokens, so this stops at the last prompt token
         self.mask[row, drop] = 0
         del slots[-len(drop):]
 
@@ -174,6 +179,7 @@ def decode_ids(
     prompts: Sequence[str],
     *,
     writes: Any = None,
+    reads: Any = None,
     callbacks: Sequence[Callback] = (),
     max_new_tokens: int = 32,
     do_sample: bool = False,
@@ -191,6 +197,7 @@ def decode_ids(
         prompts: the prompts (one batch, left-padded).
         writes: site -> intervention(s) for the one `tap` that spans the whole generation; callbacks may change
             the state of the interventions they own between passes.
+        reads: site -> reader(s) for that `tap` (a callback's probe reads what each pass feeds).
         callbacks: functions ``fn(step)`` called in order after each pass (see `Step`).
         max_new_tokens: generated tokens each row keeps at most (rolled-back tokens do not count).
         do_sample, temperature, top_p, seed: as in `actkit.core.generate.generate`.
@@ -235,7 +242,7 @@ def decode_ids(
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.inference_mode(), tap(model, write=writes or {}):
+        with torch.inference_mode(), tap(model, read=reads or {}, write=writes or {}):
             logits = loop.forward()
             index = 0
             while True:
