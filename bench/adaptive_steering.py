@@ -84,12 +84,15 @@ def main() -> None:
         applied = [a[0] for row in result.alphas for a in row]
         record("dynamic", coef, result.texts, sum(applied) / max(len(applied), 1), time.perf_counter() - start,
                {"max_kl": max(k[0] for row in result.kls for k in row)})
-    acts, _ = read_activations(model, tok, [p.positive for p in sentiment_pairs] +
-                               [p.negative for p in sentiment_pairs], [1])
+    # the probe's threshold: half-way between the mean projection of the tokens of held-out positive and
+    # negative reviews (whole documents: the probe watches generated tokens, not prompts' last tokens)
     unit = sentiment.directions[1].double() / sentiment.directions[1].double().norm()
-    projections = acts[1] @ unit
-    half = len(sentiment_pairs)
-    threshold = float((projections[:half].mean() + projections[half:].mean()) / 2)
+    means = []
+    for label in ("positive", "negative"):
+        docs = [d.text for d in eval_set("review", 12, seed=1, label=label)]
+        acts, _ = read_activations(model, tok, docs, [1], read_position="all")
+        means.append(float((acts[1] @ unit).mean()))
+    threshold = sum(means) / 2
     probe = vector_probe(sentiment, 1, threshold)
     for coef in (0.8,):
         start = time.perf_counter()
@@ -99,7 +102,8 @@ def main() -> None:
                       for _, keep in events[:1])
         total = sum(len(ids) for ids in back.ids)
         record("backtrack", coef, back.texts, coef * steered / max(total, 1), time.perf_counter() - start,
-               {"threshold": round(threshold, 3), "rows_backtracked": sum(1 for b in back.backtracks if b)})
+               {"threshold": round(threshold, 3), "rows_backtracked": sum(1 for b in back.backtracks if b),
+                "steered_tokens": steered / max(total, 1)})
 
     # two properties at once: positive sentiment and refusal, on reviews and benign requests together
     both = reviews + requests
