@@ -94,14 +94,14 @@ def main() -> None:
         means.append(float((acts[1] @ unit).mean()))
     threshold = sum(means) / 2
     probe = vector_probe(sentiment, 1, threshold)
-    for coef in (0.8,):
+    for coef, reduce in ((0.8, "token"), (0.8, "mean")):
         start = time.perf_counter()
         back = backtrack_generate(model, tok, reviews, probe, sentiment, coef=coef, relative=True, k=4,
-                                  when="below", max_new_tokens=MAX_NEW)
+                                  when="below", reduce=reduce, max_new_tokens=MAX_NEW)
         steered = sum(len(ids) - keep for ids, events in zip(back.ids, back.events, strict=True)
                       for _, keep in events[:1])
         total = sum(len(ids) for ids in back.ids)
-        record("backtrack", coef, back.texts, coef * steered / max(total, 1), time.perf_counter() - start,
+        record(f"backtrack ({reduce})", coef, back.texts, coef * steered / max(total, 1), time.perf_counter() - start,
                {"threshold": round(threshold, 3), "rows_backtracked": sum(1 for b in back.backtracks if b),
                 "steered_tokens": steered / max(total, 1)})
 

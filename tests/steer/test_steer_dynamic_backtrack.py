@@ -111,6 +111,8 @@ def test_backtracking_bad_input(llama) -> None:
     probe = VectorProbe("resid_post.1", torch.ones(64), 0.0)
     with pytest.raises(ActkitError, match="k"):
         Backtracking(probe, steer, 1, k=0)
+    with pytest.raises(ActkitError, match="reduce must be"):
+        Backtracking(probe, steer, 1, reduce="median")  # type: ignore[arg-type]
     with pytest.raises(ActkitError, match="non-zero"):
         VectorProbe("resid_post.1", torch.zeros(64), 0.0)
     with pytest.raises(ActkitError, match="no direction at block 0"):

@@ -106,6 +106,8 @@ class Backtracking:
         k: tokens taken back at a crossing (the crossing token included).
         max_backtracks: backtracks per row at most.
         when: ``"above"`` (a score above the threshold is a deviation) or ``"below"``.
+        reduce: ``"token"`` (the latest token's score decides) or ``"mean"`` (the mean score of the generated
+            tokens kept so far: steadier, as FASB judges the generation so far rather than one token).
         layers: steer only these of the vector's blocks.
 
     After `decode`: ``backtracks[r]`` is row r's number of backtracks and ``events[r]`` lists, per backtrack,
@@ -114,7 +116,8 @@ class Backtracking:
 
     def __init__(self, probe: ProbeLike, vector: SteeringVector, batch: int, *, coef: float = 1.0,
                  relative: bool = False, k: int = 4, max_backtracks: int = 1,
-                 when: Literal["above", "below"] = "above", layers: list[int] | None = None):
+                 when: Literal["above", "below"] = "above", reduce: Literal["token", "mean"] = "token",
+                 layers: list[int] | None = None):
         for name in ("site", "project", "threshold"):
             if not hasattr(probe, name):
                 raise ActkitError(f"the probe has no {name!r}; give an object with site, project(x) and threshold "
@@ -125,6 +128,10 @@ class Backtracking:
             raise ActkitError(f"max_backtracks must be at least 1, got {max_backtracks}")
         if when not in ("above", "below"):
             raise ActkitError(f"when must be 'above' or 'below', got {when!r}")
+        if reduce not in ("token", "mean"):
+            raise ActkitError(f"reduce must be 'token' or 'mean', got {reduce!r}")
+        self.reduce = reduce
+        self.history: list[list[float]] = [[] for _ in range(batch)]
         self.probe = probe
         self.k = k
         self.max_backtracks = max_backtracks
@@ -145,10 +152,15 @@ class Backtracking:
     def __call__(self, step: Step) -> None:
         if self.scores is None:
             raise ActkitError(f"the probe's site {self.probe.site} was not reached in the pass")
-        crossed = self.scores > self.threshold if self.when == "above" else self.scores < self.threshold
         for r, kept in enumerate(step.generated):
-            if (step.finished[r] or step.rolled_back[r] or not kept or not bool(crossed[r])
-                    or self.backtracks[r] >= self.max_backtracks):
+            if step.finished[r] or step.rolled_back[r] or not kept:
+                continue
+            history = self.history[r]
+            del history[len(kept) - 1:]  # a token fed again after a rollback replaces its old score
+            history.append(float(self.scores[r]))
+            value = history[-1] if self.reduce == "token" else sum(history) / len(history)
+            crossed = value > self.threshold if self.when == "above" else value < self.threshold
+            if not crossed or self.backtracks[r] >= self.max_backtracks:
                 continue
             fired = len(kept)
             keep = max(0, fired - self.k)
@@ -171,7 +183,7 @@ class BacktrackResult:
 def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], probe: ProbeLike,
                        vector: SteeringVector, *, coef: float = 1.0, relative: bool = False, k: int = 4,
                        max_backtracks: int = 1, when: Literal["above", "below"] = "above",
-                       layers: list[int] | None = None, max_new_tokens: int = 32, chat: bool = False,
+                       reduce: Literal["token", "mean"] = "token", layers: list[int] | None = None, max_new_tokens: int = 32, chat: bool = False,
                        do_sample: bool = False, temperature: float = 1.0,
                        seed: int | None = None) -> BacktrackResult:
     """Generate in one batch, each row steered only after its probe crossed the threshold, k tokens back.
@@ -180,7 +192,8 @@ def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
         model, tokenizer, prompts: as for `actkit.core.generate.generate`.
         probe: ``site``, ``project(x)``, ``threshold`` (a monitor ``Probe`` or `vector_probe`).
         vector, coef, relative, layers: the steering applied after a backtrack.
-        k: tokens taken back at a crossing; max_backtracks: per row; when: ``"above"`` or ``"below"``.
+        k: tokens taken back at a crossing; max_backtracks: per row; when: ``"above"`` or ``"below"``;
+        reduce: ``"token"`` or ``"mean"`` (see `Backtracking`).
         max_new_tokens, chat, do_sample, temperature, seed: as for `generate`.
 
     Returns:
@@ -189,7 +202,7 @@ def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
     if isinstance(prompts, str):
         raise ActkitError("prompts must be a list of strings, not one string")
     watch = Backtracking(probe, vector, len(prompts), coef=coef, relative=relative, k=k,
-                         max_backtracks=max_backtracks, when=when, layers=layers)
+                         max_backtracks=max_backtracks, when=when, reduce=reduce, layers=layers)
     ids = decode_ids(model, tokenizer, prompts, writes=watch.writes, reads=watch.reads, callbacks=[watch],
                      max_new_tokens=max_new_tokens, chat=chat, do_sample=do_sample, temperature=temperature,
                      seed=seed)
