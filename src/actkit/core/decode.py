@@ -137,13 +137,17 @@ class _Loop:
         self.mask[row, drop] = 0
         del slots[-len(drop):]
 
-    def advance(self, tokens: torch.Tensor, refeed: dict[int, int]) -> None:
-        """Queue one token per row for the next pass: the chosen token, or the token a rolled-back row feeds again."""
+    def advance(self, tokens: torch.Tensor, refeed: dict[int, int], finished: torch.Tensor) -> None:
+        """Queue one token per row for the next pass: the chosen token, or the token a rolled-back row feeds again.
+
+        A finished row's slot is a hole, so its positions stop where its text ended (other rows may go on longer
+        than it could, after their rollbacks).
+        """
         column = tokens.clone().cpu()
         for row, token in refeed.items():
             column[row] = token
         slot = int(self.mask.shape[1])
-        self.mask = torch.cat([self.mask, torch.ones(self.mask.shape[0], 1, dtype=torch.long)], dim=1)
+        self.mask = torch.cat([self.mask, (~finished).long().reshape(-1, 1)], dim=1)
         for slots in self.slots:
             slots.append(slot)
         self.pending = column.reshape(-1, 1)
@@ -266,7 +270,7 @@ def decode_ids(
                             finished[r] = len(generated[r]) >= max_new_tokens
                 if bool(finished.all()):
                     break
-                loop.advance(tokens, refeed)
+                loop.advance(tokens, refeed, finished)
                 logits = loop.forward()
                 index += 1
     return [list(g) for g in generated]
