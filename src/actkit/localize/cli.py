@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,3 +114,82 @@ def _show(data: dict[str, Any], top: int = 10) -> None:
         where = f"{j} {data['tokens'][j]!r}" if data["columns"] == "position" else str(j)
         table.add_row(str(layer), where, f"{value:+.4f}")
     console.print(table)
+
+
+FV_TASKS = ("antonyms", "capitals")
+
+
+def _fv_pairs(task: str) -> list[tuple[str, str]]:
+    """A shipped task (antonyms, capitals) or a JSONL file of {"input", "output"} lines."""
+    path = Path(__file__).parent / "data" / f"fv-{task}.jsonl" if task in FV_TASKS else Path(task)
+    if not path.is_file():
+        raise ActkitError(f"--task {task!r} is neither a shipped task ({', '.join(FV_TASKS)}) nor a file")
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            pairs.append((str(item["input"]), str(item["output"])))
+        except (ValueError, KeyError, TypeError):
+            raise ActkitError(f"{path}:{number}: expected a JSON object with \"input\" and \"output\"") from None
+    return pairs
+
+
+def fv_command(
+    task: Annotated[str, typer.Option("--task", "-t", help="antonyms, capitals, or a JSONL file of "
+                                      "{\"input\", \"output\"} lines.")] = "antonyms",
+    model: ModelOption = DEFAULT_MODEL,
+    shots: Annotated[int, typer.Option("--shots", help="Demonstrations per in-context prompt.")] = 5,
+    prompts: Annotated[int, typer.Option("--prompts", help="In-context prompts for the mean head outputs (and as "
+                                         "many shuffled ones for the effects).")] = 12,
+    top: Annotated[int, typer.Option("--top", help="Heads summed into the vector.")] = 10,
+    layer: Annotated[int | None, typer.Option("--layer", help="Block after which the vector is added (default: "
+                                              "a third of the depth).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the vector as a steering-vector file "
+                                             "(use it with actkit generate --vector F --positions last).")] = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Find a task's function vector (Todd et al.): the heads that carry it in context, summed; then measure
+    zero-shot accuracy on the held-out half of the examples with and without it."""
+    with bad_input():
+        from actkit.io import check_output_file
+        from actkit.localize.function_vectors import function_vector, icl_accuracy, zero_shot_accuracy
+        from actkit.models import load
+        from actkit.steer import SteeringVector, save_vector
+        from actkit.steer.vectors import model_metadata
+
+        if out is not None:
+            check_output_file(out, overwrite=force)
+        pairs = _fv_pairs(task)
+        train, test = pairs[::2], pairs[1::2]
+        if len(test) < 1:
+            raise ActkitError(f"--task {task!r} has {len(pairs)} examples; give at least {2 * (shots + 2)}")
+        loaded, tokenizer = load(model, dtype=dtype, device=device)
+        fv = function_vector(loaded, tokenizer, train, shots=shots, prompts=prompts, top=top, layer=layer)
+        report = {"task": task, "model": model, "layer": fv.layer, "heads": [list(h) for h in fv.heads],
+                  "effects": [float(fv.effects[i, j]) for i, j in fv.heads], "train": len(train), "test": len(test),
+                  "icl": icl_accuracy(loaded, tokenizer, test, shots=shots, prompts=len(test))
+                  if len(test) >= shots + 2 else None,
+                  "zero_shot": zero_shot_accuracy(loaded, tokenizer, test),
+                  "zero_shot_fv": zero_shot_accuracy(loaded, tokenizer, test, fv)}
+        if out is not None:
+            vector = SteeringVector({fv.layer: fv.vector}, metadata={
+                **model_metadata(loaded), **fv.metadata, "site": "resid_post", "layers": [fv.layer],
+                "read_positions": "last", "heads": report["heads"], "task": task})
+            save_vector(vector, out, overwrite=force)
+            report["out"] = str(out)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = stdout()
+    console.print(f"function vector of {task}: heads {', '.join(f'{i}.{j}' for i, j in fv.heads)} (layer.head), "
+                  f"added after block {fv.layer}", highlight=False)
+    console.print(f"held-out accuracy of the first answer token ({len(test)} examples): in context "
+                  f"{report['icl']}, zero-shot {report['zero_shot']:.2f}, zero-shot + vector "
+                  f"{report['zero_shot_fv']:.2f}", highlight=False)
+    if out is not None:
+        console.print(f"wrote {out}", highlight=False)

@@ -10,6 +10,9 @@ The public API:
   `steering_writes(vector, coef, relative=, layers=, positions=)`: what ``actkit generate`` (and ``actkit serve``)
   steer with; `restrict_layers`.
 - Interventions: `Ablate`, `Clamp`, `Conditional` / `conditional` (CAST), `ablation_everywhere`, `combine`.
+- Adaptive steering (on `actkit.core.decode`): `dynamic_generate` / `DynamicComposition` (several vectors, each
+  coefficient set per token from a KL), `backtrack_generate` / `Backtracking` / `vector_probe` (steer after a
+  probe crosses its threshold, k tokens back).
 - Files: `save_vector` / `load_vector` (safetensors + JSON metadata), `export_gguf` / `import_gguf` (llama.cpp
   control vectors), `export_ablated` (a Hugging Face checkpoint with the ablation baked into the weights).
 """
@@ -17,6 +20,7 @@ The public API:
 from __future__ import annotations
 
 from actkit.steer.ablate_export import ablated_copy, export_ablated, residual_writers
+from actkit.steer.backtrack import Backtracking, backtrack_generate, vector_probe
 from actkit.steer.directions import (
     METHODS,
     actadd,
@@ -28,6 +32,7 @@ from actkit.steer.directions import (
     read_activations,
     train_vector,
 )
+from actkit.steer.dynamic import DynamicComposition, dynamic_generate
 from actkit.steer.gguf import export_gguf, import_gguf
 from actkit.steer.interventions import (
     Ablate,
@@ -50,6 +55,7 @@ from actkit.steer.vectors import (
 )
 
 __all__ = [
+    "Backtracking", "DynamicComposition", "backtrack_generate", "dynamic_generate", "vector_probe",
     "METHODS", "Ablate", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
     "ablation_everywhere", "actadd", "check_fits", "combine", "conditional", "direction", "export_ablated",
     "export_gguf", "import_gguf", "load_vector", "mean_diff", "pairs_hash",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.table import Table
@@ -280,6 +280,12 @@ def generate_command(
         "--activation-sparsity", help="Zero small entries of every projection's input while generating: teal:S "
         "(thresholds calibrated on built-in training text), wina:S or wina-code:S, S in [0, 1). One prompt on "
         "CPU takes the sparse decode path.")] = None,
+    dynamic: Annotated[list[Path] | None, typer.Option(
+        "--dynamic", help="Compose these vector files (and --vector) with Dynamic Activation Composition: each "
+        "coefficient set per token from a KL, up to --coef (default 2). Repeatable.")] = None,
+    backtrack: Annotated[str | None, typer.Option(
+        "--backtrack", help="Steer with --vector only after a probe crosses its threshold, K tokens back: a probe "
+        "file, or LAYER:above|below:THRESHOLD[:K] to read --vector's direction at LAYER (K default 4).")] = None,
 ) -> None:
     """Generate a continuation of each prompt, optionally steered by a vector (greedy unless --sample)."""
     from actkit.compress.experts.scores import parse_experts
@@ -289,7 +295,7 @@ def generate_command(
     from actkit.steer import restrict_layers, steering_writes
 
     with bad_input():
-        if vector is None:
+        if vector is None and not dynamic:
             for name, given in (("--coef", coef is not None), ("--relative", relative), ("--layers", layers),
                                 ("--compare", compare)):
                 if given:
@@ -322,8 +328,13 @@ def generate_command(
         options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, chat=chat,
                                        temperature=1.0 if temperature is None else temperature,
                                        top_p=1.0 if top_p is None else top_p, seed=seed)
+        extra: dict[str, Any] = {}
         with _experts_off(loaded, off), _activation_sparsity(loaded, tokenizer, activation_sparsity, len(prompt)):
-            completions = generate(loaded, tokenizer, prompt, writes=writes, **options)
+            if dynamic or backtrack is not None:
+                completions, extra = _adaptive(loaded, tokenizer, prompt, steer, dynamic, backtrack, coef,
+                                               relative, options)
+            else:
+                completions = generate(loaded, tokenizer, prompt, writes=writes, **options)
             plain = generate(loaded, tokenizer, prompt, **options) if compare else None
     settings = {"model": model, "experts_off": experts_off, "activation_sparsity": activation_sparsity,
                 "vector": None if vector is None else str(vector),
@@ -332,7 +343,7 @@ def generate_command(
                 "max_new_tokens": max_new_tokens, "sample": sample, "chat": chat}
     if as_json:
         for i, (p, c) in enumerate(zip(prompt, completions, strict=True)):
-            row: dict[str, Any] = {"prompt": p, "completion": c}
+            row: dict[str, Any] = {"prompt": p, "completion": c, **{k: v[i] for k, v in extra.items()}}
             if plain is not None:
                 row["unsteered"] = plain[i]
             typer.echo(json.dumps({**row, **settings}))
@@ -345,6 +356,49 @@ def generate_command(
             console.print(Text(p, style="bold"))
             console.print(Text.assemble(("  unsteered: ", "dim"), plain[i].strip()))
             console.print(Text.assemble((f"  steered ({strength:g}): ", "dim"), c.strip()))
+
+
+def _adaptive(model: Any, tokenizer: Any, prompts: list[str], steer: Any, dynamic: list[Path] | None,
+              backtrack: str | None, coef: float | None, relative: bool,
+              options: dict[str, Any]) -> tuple[list[str], dict[str, list[Any]]]:
+    """``--dynamic`` and ``--backtrack`` of ``actkit generate``: texts, and per prompt what the method reports."""
+    import importlib
+
+    from actkit.steer.backtrack import backtrack_generate, vector_probe
+    from actkit.steer.dynamic import dynamic_generate
+
+    run = {k: options[k] for k in ("max_new_tokens", "chat", "do_sample", "temperature", "seed")}
+    if dynamic and backtrack is not None:
+        raise ActkitError("--dynamic and --backtrack are separate methods; give one of them")
+    if options.get("top_p", 1.0) != 1.0:
+        raise ActkitError("--top-p is not supported with --dynamic or --backtrack")
+    if dynamic:
+        vectors = ([steer] if steer is not None else []) + [_read_vector(p, model)[0] for p in dynamic]
+        composed = dynamic_generate(model, tokenizer, prompts, vectors, alpha_max=2.0 if coef is None else coef,
+                                    relative=relative, **run)
+        return composed.texts, {"alphas": composed.alphas}
+    assert backtrack is not None
+    if steer is None:
+        raise ActkitError("--backtrack needs --vector: the steering applied after a backtrack")
+    parts = backtrack.split(":")
+    k = 4
+    if Path(backtrack).is_file():
+        load_probe = getattr(importlib.import_module("actkit.monitor"), "load_probe", None)
+        if load_probe is None:
+            raise ActkitError("this actkit has no probe files (actkit.monitor.load_probe); use LAYER:above:T")
+        probe, when = load_probe(backtrack, model), cast(Literal["above", "below"], "above")
+    elif len(parts) in (3, 4) and parts[1] in ("above", "below"):
+        try:
+            layer, threshold = int(parts[0]), float(parts[2])
+            k = int(parts[3]) if len(parts) == 4 else k
+        except ValueError:
+            raise ActkitError(f"--backtrack {backtrack!r}: LAYER and K must be integers, THRESHOLD a number") from None
+        probe, when = vector_probe(steer, layer, threshold), cast(Literal["above", "below"], parts[1])
+    else:
+        raise ActkitError(f"--backtrack {backtrack!r}: give a probe file or LAYER:above|below:THRESHOLD[:K]")
+    result = backtrack_generate(model, tokenizer, prompts, probe, steer, coef=1.0 if coef is None else coef,
+                                relative=relative, k=k, when=when, **run)
+    return result.texts, {"backtracks": result.backtracks}
 
 
 def _activation_sparsity(model: Any, tokenizer: Any, spec: str | None, rows: int) -> Any:
