@@ -336,7 +336,7 @@ def train_lineas(
             p.grad = torch.zeros_like(p) if grad is None else grad.to(p.dtype)
         optimizer.step()
         with torch.no_grad():
-            _prox(delta, beta, lr * l1, lr * group)
+            _prox(optimizer, delta, beta, lr, l1, group)
         if progress is not None:
             progress(step, history[-1])
     with torch.no_grad():
@@ -366,13 +366,26 @@ def train_from_pairs(model: nn.Module, tokenizer: Any, pairs: Sequence[Pair], la
                         **options)
 
 
-def _prox(delta: dict[int, torch.Tensor], beta: dict[int, torch.Tensor], t1: float, tg: float) -> None:
-    """The proximal step of the sparse-group lasso: soft thresholding by `t1`, then each block shrunk by `tg`."""
+def _prox(optimizer: torch.optim.Adam, delta: dict[int, torch.Tensor], beta: dict[int, torch.Tensor], lr: float,
+          l1: float, group: float) -> None:
+    """The proximal step of the sparse-group lasso, in the metric of Adam's step.
+
+    Adam moves coordinate i by about ``lr / sqrt(v_i)`` per unit of gradient, so the matching proximal step soft
+    thresholds it by ``lr * l1 / sqrt(v_i)``; then each block is shrunk towards the identity by ``lr * group / r``
+    (r the mean of ``sqrt(v_i)`` over the block; the group prox has no closed form in a diagonal metric).
+    """
+    (beta1, beta2), eps = optimizer.defaults["betas"], optimizer.defaults["eps"]
     for layer in delta:
+        roots = []
         for p in (delta[layer], beta[layer]):
-            p.copy_(torch.sign(p) * torch.clamp(p.abs() - t1, min=0.0))
+            state = optimizer.state[p]
+            step = float(state["step"])
+            root = (state["exp_avg_sq"] / (1 - beta2 ** step)).sqrt() + eps
+            p.copy_(torch.sign(p) * torch.clamp(p.abs() - lr * l1 / root, min=0.0))
+            roots.append(root)
         norm = float(torch.sqrt(delta[layer].pow(2).sum() + beta[layer].pow(2).sum()))
-        factor = max(0.0, 1.0 - tg / norm) if norm > 0 else 0.0
+        mean_root = float(torch.cat(roots).mean())
+        factor = max(0.0, 1.0 - lr * group / mean_root / norm) if norm > 0 else 0.0
         delta[layer].mul_(factor)
         beta[layer].mul_(factor)
 
