@@ -374,7 +374,7 @@ def _prox(optimizer: torch.optim.Adam, delta: dict[int, torch.Tensor], beta: dic
     thresholds it by ``lr * l1 / sqrt(v_i)``; then each block is shrunk towards the identity by ``lr * group / r``
     (r the mean of ``sqrt(v_i)`` over the block; the group prox has no closed form in a diagonal metric).
     """
-    (beta1, beta2), eps = optimizer.defaults["betas"], optimizer.defaults["eps"]
+    beta2, eps = optimizer.defaults["betas"][1], optimizer.defaults["eps"]
     for layer in delta:
         roots = []
         for p in (delta[layer], beta[layer]):
