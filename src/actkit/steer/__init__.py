@@ -10,6 +10,8 @@ The public API:
   `steering_writes(vector, coef, relative=, layers=, positions=)`: what ``actkit generate`` (and ``actkit serve``)
   steer with; `restrict_layers`.
 - Interventions: `Ablate`, `Clamp`, `Conditional` / `conditional` (CAST), `ablation_everywhere`, `combine`.
+- LinEAS (Rodriguez et al. 2025): `train_lineas(model, tokenizer, source, target, layers)` -> `LinEAS` (affine maps
+  per block trained end to end with a 1-D Wasserstein loss), `AffineMap`, `save_lineas` / `load_lineas`.
 - Files: `save_vector` / `load_vector` (safetensors + JSON metadata), `export_gguf` / `import_gguf` (llama.cpp
   control vectors), `export_ablated` (a Hugging Face checkpoint with the ablation baked into the weights).
 """
@@ -39,6 +41,7 @@ from actkit.steer.interventions import (
     conditional,
 )
 from actkit.steer.layers import select_layers
+from actkit.steer.lineas import AffineMap, LinEAS, load_lineas, save_lineas, train_lineas
 from actkit.steer.pairs import Pair, pairs_hash, read_pairs
 from actkit.steer.vectors import (
     SteeringVector,
@@ -50,7 +53,7 @@ from actkit.steer.vectors import (
 )
 
 __all__ = [
-    "METHODS", "Ablate", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
+    "METHODS", "Ablate", "AffineMap", "LinEAS", "load_lineas", "save_lineas", "train_lineas", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
     "ablation_everywhere", "actadd", "check_fits", "combine", "conditional", "direction", "export_ablated",
     "export_gguf", "import_gguf", "load_vector", "mean_diff", "pairs_hash",
     "pca_center", "pca_diff", "probe", "read_activations", "read_pairs", "residual_writers", "restrict_layers",
