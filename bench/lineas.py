@@ -6,8 +6,8 @@ the source, the positive side the target, unpaired; maps at every block) and swe
 to the unsteered model and the steered perplexity on reference text. "Out-of-sample" prompts come from another
 distribution than the pairs (toy: benign requests scored for sentiment; SmolLM2: the demo's neutral openings).
 
-    python bench/lineas.py --model toy [--steps 60]        # builtin:toy-dense: sentiment, refusal (add, remove)
-    python bench/lineas.py --model smol [--steps 30]       # SmolLM2-135M-Instruct: sentiment
+    python bench/lineas.py --model toy [--steps 60] [--prompts 24] [--refusal-remove]   # toy-dense: sentiment, refusal
+    python bench/lineas.py --model smol [--steps 30] [--prompts 12] [--max-pairs 30]    # SmolLM2: sentiment
 
 Prints one JSON object per experiment (and the time each training took) and, last, the setup.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from typing import Any
 
@@ -50,7 +51,8 @@ def run(name: str, model: Any, tok: Any, pairs: list[Pair], vector_layers: list[
     vector_seconds = time.perf_counter() - start
     start = time.perf_counter()
     lineas = train_from_pairs(model, tok, pairs, None, read_position=read_position, steps=steps, lr=lr, l1=l1,
-                              group=l1)
+                              group=l1, progress=lambda step, loss: print(f"{name}: step {step} loss {loss:.4f}",
+                                                                          file=sys.stderr, flush=True))
     lineas_seconds = time.perf_counter() - start
     out: dict[str, Any] = {"experiment": name, "vector_layers": vector_layers, "relative": relative,
                            "vector_seconds": round(vector_seconds, 1), "lineas_seconds": round(lineas_seconds, 1),
@@ -66,41 +68,44 @@ def run(name: str, model: Any, tok: Any, pairs: list[Pair], vector_layers: list[
     print(json.dumps(out), flush=True)
 
 
-def toy(steps: int, lr: float, l1: float) -> None:
+def toy(steps: int, lr: float, l1: float, n: int, max_pairs: int, refusal_remove: bool) -> None:
     model, tok = load("builtin:toy-dense")
-    n = 24
     reviews = ([d.prompt for d in eval_set("review", n // 2, label="negative")]
                + [d.prompt for d in eval_set("review", n // 2, label="none")])
     benign = [d.prompt for d in eval_set("request", n, label="benign")]
     forbidden = [d.prompt for d in eval_set("request", n, label="forbidden")]
-    reference = texts(24, "heldout")
-    sentiment = read_pairs(DATA_DIR / "toy-sentiment.jsonl")
-    run("toy sentiment", model, tok, sentiment, [1], [0.0, 0.4, 0.6, 0.8, 1.0], [0.0, 0.25, 0.5, 0.75, 1.0, 1.5],
+    reference = texts(n, "heldout")
+    sentiment = read_pairs(DATA_DIR / "toy-sentiment.jsonl")[:max_pairs]
+    run("toy sentiment", model, tok, sentiment, [1], [0.0, 0.6, 0.7, 0.8, 1.0], [0.0, 0.5, 0.6, 0.7, 0.8, 1.0],
         {"held-out reviews": (reviews, "positive"), "out-of-sample (benign requests)": (benign, "positive")},
         reference, relative=True, read_position="last", steps=steps, lr=lr, l1=l1, max_new=12)
-    refusal = read_pairs(DATA_DIR / "toy-refusal.jsonl")  # positive: forbidden, negative: benign
+    refusal = read_pairs(DATA_DIR / "toy-refusal.jsonl")[:max_pairs]  # positive: forbidden, negative: benign
     run("toy refusal: add (benign -> forbidden)", model, tok, refusal, [3], [0.0, 0.25, 0.5, 1.0],
-        [0.0, 0.5, 1.0], {"held-out benign": (benign, "refusal"), "held-out forbidden": (forbidden, "refusal")},
+        [0.0, 0.25, 0.5, 0.75, 1.0],
+        {"held-out benign": (benign, "refusal"), "held-out forbidden": (forbidden, "refusal")},
         reference, relative=False, read_position="last", steps=steps, lr=lr, l1=l1, max_new=12)
+    if not refusal_remove:
+        return
     swapped = [Pair(p.negative, p.positive) for p in refusal]
     run("toy refusal: remove (forbidden -> benign)", model, tok, swapped, [3], [0.0, 0.5, 1.0, 1.5],
-        [0.0, 0.5, 1.0], {"held-out forbidden": (forbidden, "refusal"), "held-out benign": (benign, "refusal")},
+        [0.0, 0.25, 0.5, 0.75, 1.0],
+        {"held-out forbidden": (forbidden, "refusal"), "held-out benign": (benign, "refusal")},
         reference, relative=False, read_position="last", steps=steps, lr=lr, l1=l1, max_new=12)
 
 
-def smol(steps: int, lr: float, l1: float, n_prompts: int) -> None:
+def smol(steps: int, lr: float, l1: float, n_prompts: int, max_pairs: int, max_new: int) -> None:
     from actkit.demo.steering import SENTIMENT_PROMPTS
     from actkit.observe.default_text import default_texts
 
     model, tok = load("smollm2-135m-instruct")
-    sentiment = read_pairs(DATA_DIR / "sentiment.jsonl")
+    sentiment = read_pairs(DATA_DIR / "sentiment.jsonl")[:max_pairs]
     train_reviews = [p.negative for p in sentiment[:4]]  # in-sample: openings of negative training reviews
     prompts = list(SENTIMENT_PROMPTS[:n_prompts])
-    run("smollm2 sentiment", model, tok, sentiment, [12], [0.0, 0.15, 0.3], [0.0, 0.5, 1.0],
+    run("smollm2 sentiment", model, tok, sentiment, [12], [0.0, 0.15, 0.3], [0.0, 0.25, 0.5, 1.0],
         {"out-of-sample (neutral openings)": (prompts, "positive"),
          "in-sample (negative training reviews, first words)": ([" ".join(t.split()[:4]) for t in train_reviews],
                                                                  "positive")},
-        default_texts()[:8], relative=True, read_position="from:1", steps=steps, lr=lr, l1=l1, max_new=16)
+        default_texts()[:4], relative=True, read_position="from:1", steps=steps, lr=lr, l1=l1, max_new=max_new)
 
 
 def main() -> None:
@@ -109,16 +114,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--l1", type=float, default=1e-3)
-    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=12, help="prompts per set (toy: also reference texts)")
+    parser.add_argument("--max-pairs", type=int, default=32, help="pairs used for training (both methods)")
+    parser.add_argument("--max-new", type=int, default=12)
+    parser.add_argument("--refusal-remove", action="store_true", help="toy: also the removal direction")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.model == "toy":
-        toy(args.steps or 60, args.lr, args.l1)
+        toy(args.steps or 60, args.lr, args.l1, args.prompts, args.max_pairs, args.refusal_remove)
     else:
-        smol(args.steps or 30, args.lr, args.l1, args.prompts)
+        smol(args.steps or 30, args.lr, args.l1, args.prompts, args.max_pairs, args.max_new)
     print(json.dumps({"setup": {"actkit": actkit.__version__, "torch": torch.__version__,
                                 "threads": torch.get_num_threads(), "cpu": cpu_model(),
                                 "python": platform.python_version(), "seconds": round(time.perf_counter() - start)}}))
