@@ -7,7 +7,7 @@ to the unsteered model and the steered perplexity on reference text. "Out-of-sam
 distribution than the pairs (toy: benign requests scored for sentiment; SmolLM2: the demo's neutral openings).
 
     python bench/lineas.py --model toy [--steps 60] [--prompts 24] [--refusal-remove]   # toy-dense: sentiment, refusal
-    python bench/lineas.py --model smol [--steps 30] [--prompts 12] [--max-pairs 30]    # SmolLM2: sentiment
+    python bench/lineas.py --model smol [--steps 30] [--prompts 12] [--max-pairs 30] [--strengths 0,1,2]  # SmolLM2
 
 Prints one JSON object per experiment (and the time each training took) and, last, the setup.
 """
@@ -93,7 +93,8 @@ def toy(steps: int, lr: float, l1: float, n: int, max_pairs: int, refusal_remove
         reference, relative=False, read_position="last", steps=steps, lr=lr, l1=l1, max_new=12)
 
 
-def smol(steps: int, lr: float, l1: float, n_prompts: int, max_pairs: int, max_new: int) -> None:
+def smol(steps: int, lr: float, l1: float, n_prompts: int, max_pairs: int, max_new: int,
+         strengths: list[float]) -> None:
     from actkit.demo.steering import SENTIMENT_PROMPTS
     from actkit.observe.default_text import default_texts
 
@@ -101,7 +102,7 @@ def smol(steps: int, lr: float, l1: float, n_prompts: int, max_pairs: int, max_n
     sentiment = read_pairs(DATA_DIR / "sentiment.jsonl")[:max_pairs]
     train_reviews = [p.negative for p in sentiment[:4]]  # in-sample: openings of negative training reviews
     prompts = list(SENTIMENT_PROMPTS[:n_prompts])
-    run("smollm2 sentiment", model, tok, sentiment, [12], [0.0, 0.15, 0.3], [0.0, 0.25, 0.5, 1.0],
+    run("smollm2 sentiment", model, tok, sentiment, [12], [0.0, 0.15, 0.3], strengths,
         {"out-of-sample (neutral openings)": (prompts, "positive"),
          "in-sample (negative training reviews, first words)": ([" ".join(t.split()[:4]) for t in train_reviews],
                                                                  "positive")},
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=12, help="prompts per set (toy: also reference texts)")
     parser.add_argument("--max-pairs", type=int, default=32, help="pairs used for training (both methods)")
     parser.add_argument("--max-new", type=int, default=12)
+    parser.add_argument("--strengths", default="0,0.25,0.5,1", help="smol: LinEAS strengths swept")
     parser.add_argument("--refusal-remove", action="store_true", help="toy: also the removal direction")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -126,7 +128,8 @@ def main() -> None:
     if args.model == "toy":
         toy(args.steps or 60, args.lr, args.l1, args.prompts, args.max_pairs, args.refusal_remove)
     else:
-        smol(args.steps or 30, args.lr, args.l1, args.prompts, args.max_pairs, args.max_new)
+        smol(args.steps or 30, args.lr, args.l1, args.prompts, args.max_pairs, args.max_new,
+             [float(x) for x in args.strengths.split(",")])
     print(json.dumps({"setup": {"actkit": actkit.__version__, "torch": torch.__version__,
                                 "threads": torch.get_num_threads(), "cpu": cpu_model(),
                                 "python": platform.python_version(), "seconds": round(time.perf_counter() - start)}}))

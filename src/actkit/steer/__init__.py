@@ -53,7 +53,8 @@ from actkit.steer.vectors import (
 )
 
 __all__ = [
-    "METHODS", "Ablate", "AffineMap", "LinEAS", "load_lineas", "save_lineas", "train_lineas", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
+    "METHODS", "Ablate", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
+    "AffineMap", "LinEAS", "load_lineas", "save_lineas", "train_lineas",
     "ablation_everywhere", "actadd", "check_fits", "combine", "conditional", "direction", "export_ablated",
     "export_gguf", "import_gguf", "load_vector", "mean_diff", "pairs_hash",
     "pca_center", "pca_diff", "probe", "read_activations", "read_pairs", "residual_writers", "restrict_layers",
