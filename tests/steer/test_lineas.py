@@ -158,7 +158,7 @@ def test_command_line_trains_generates_and_refuses(tmp_path) -> None:
                                for w in ("day", "food", "film", "room")), encoding="utf-8")
     out = tmp_path / "l.safetensors"
     result = invoke("vector", "train", "--method", "lineas", "--pairs", pairs, "--out", out, "-m", folder,
-                    "--layers", "0,2", "--steps", "3", "--json")
+                    "--layers", "0,2", "--steps", "3", "--lr", "0.02", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["layers"] == [0, 2] and data["loss_end"] <= data["loss_start"] and out.is_file()

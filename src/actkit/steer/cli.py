@@ -79,6 +79,7 @@ def train_command(
                    ] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 8,
     steps: Annotated[int, typer.Option("--steps", help="With --method lineas: Adam steps.")] = 100,
+    lr: Annotated[float, typer.Option("--lr", help="With --method lineas: Adam's learning rate.")] = 0.01,
     l1: Annotated[float, typer.Option("--l1", help="With --method lineas: the per-coordinate sparsity weight.")
                   ] = 1e-3,
     rank: Annotated[int, typer.Option("--rank", help="With --method lineas: rank of a low-rank term (0: none).")
@@ -90,8 +91,8 @@ def train_command(
 ) -> None:
     """Train a steering vector from contrast pairs and write it as a safetensors file."""
     if method == "lineas":
-        _train_lineas(pairs, out, model, layers, site, read_position, batch_size, steps, l1, rank, force, as_json,
-                      dtype, device)
+        _train_lineas(pairs, out, model, layers, site, read_position, batch_size, steps, lr, l1, rank, force,
+                      as_json, dtype, device)
         return
     from actkit.models import load
     from actkit.steer import METHODS, read_pairs, save_vector, select_layers, train_vector
@@ -136,7 +137,8 @@ def train_command(
 
 
 def _train_lineas(pairs: str, out: Path, model: str, layers: str, site: str, read_position: str, batch_size: int,
-                  steps: int, l1: float, rank: int, force: bool, as_json: bool, dtype: str, device: str) -> None:
+                  steps: int, lr: float, l1: float, rank: int, force: bool, as_json: bool, dtype: str,
+                  device: str) -> None:
     """``actkit vector train --method lineas``: the pairs' negatives are the source, the positives the target."""
     from actkit.models import load
     from actkit.steer import read_pairs
@@ -148,7 +150,7 @@ def _train_lineas(pairs: str, out: Path, model: str, layers: str, site: str, rea
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         chosen = None if layers.strip().lower() == "auto" else parse_layers(layers)
         lineas = train_from_pairs(loaded, tokenizer, items, chosen, site=site, read_position=read_position,
-                                  batch_size=batch_size, steps=steps, l1=l1, group=l1, rank=rank)
+                                  batch_size=batch_size, steps=steps, lr=lr, l1=l1, group=l1, rank=rank)
         save_lineas(lineas, out, overwrite=force)
     meta = lineas.metadata
     summary = {"out": str(out), "model": model, "method": "lineas", "site": site, "layers": lineas.layers,
