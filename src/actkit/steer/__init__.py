@@ -13,6 +13,8 @@ The public API:
 - Adaptive steering (on `actkit.core.decode`): `dynamic_generate` / `DynamicComposition` (several vectors, each
   coefficient set per token from a KL), `backtrack_generate` / `Backtracking` / `vector_probe` (steer after a
   probe crosses its threshold, k tokens back).
+- LinEAS (Rodriguez et al. 2025): `train_lineas(model, tokenizer, source, target, layers)` -> `LinEAS` (affine maps
+  per block trained end to end with a 1-D Wasserstein loss), `AffineMap`, `save_lineas` / `load_lineas`.
 - Files: `save_vector` / `load_vector` (safetensors + JSON metadata), `export_gguf` / `import_gguf` (llama.cpp
   control vectors), `export_ablated` (a Hugging Face checkpoint with the ablation baked into the weights).
 """
@@ -44,6 +46,7 @@ from actkit.steer.interventions import (
     conditional,
 )
 from actkit.steer.layers import select_layers
+from actkit.steer.lineas import AffineMap, LinEAS, load_lineas, save_lineas, train_lineas
 from actkit.steer.pairs import Pair, pairs_hash, read_pairs
 from actkit.steer.vectors import (
     SteeringVector,
@@ -57,6 +60,7 @@ from actkit.steer.vectors import (
 __all__ = [
     "Backtracking", "DynamicComposition", "backtrack_generate", "dynamic_generate", "vector_probe",
     "METHODS", "Ablate", "Clamp", "ConditionGate", "Conditional", "Pair", "SteeringVector", "ablated_copy",
+    "AffineMap", "LinEAS", "load_lineas", "save_lineas", "train_lineas",
     "ablation_everywhere", "actadd", "check_fits", "combine", "conditional", "direction", "export_ablated",
     "export_gguf", "import_gguf", "load_vector", "mean_diff", "pairs_hash",
     "pca_center", "pca_diff", "probe", "read_activations", "read_pairs", "residual_writers", "restrict_layers",

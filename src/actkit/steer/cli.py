@@ -68,7 +68,9 @@ def train_command(
     layers: Annotated[str, typer.Option("--layers", "-l", help="'auto' (rank blocks by held-out separation and "
                                         "train at the best), 'all', or block indices such as 3 or 3,5 "
                                         "(negative from the end).")] = "auto",
-    method: Annotated[str, typer.Option("--method", help="mean-diff, pca-diff, pca-center, probe or actadd.")
+    method: Annotated[str, typer.Option("--method", help="mean-diff, pca-diff, pca-center, probe, actadd, or "
+                                        "lineas (affine maps at every --layers block, 'auto' meaning all; see "
+                                        "actkit.steer.lineas).")
                       ] = "mean-diff",
     site: Annotated[str, typer.Option("--site", help="The site kind read and later steered.")] = "resid_post",
     read_position: Annotated[str, typer.Option("--read-position", help="Tokens whose mean gives a text's "
@@ -76,12 +78,22 @@ def train_command(
     top: Annotated[int, typer.Option("--top", help="With --layers auto: how many of the best blocks to use.")
                    ] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", help="With --method lineas: Adam steps.")] = 100,
+    lr: Annotated[float, typer.Option("--lr", help="With --method lineas: Adam's learning rate.")] = 0.01,
+    l1: Annotated[float, typer.Option("--l1", help="With --method lineas: the per-coordinate sparsity weight.")
+                  ] = 1e-3,
+    rank: Annotated[int, typer.Option("--rank", help="With --method lineas: rank of a low-rank term (0: none).")
+                    ] = 0,
     force: ForceOption = False,
     as_json: JsonOption = False,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
 ) -> None:
     """Train a steering vector from contrast pairs and write it as a safetensors file."""
+    if method == "lineas":
+        _train_lineas(pairs, out, model, layers, site, read_position, batch_size, steps, lr, l1, rank, force,
+                      as_json, dtype, device)
+        return
     from actkit.models import load
     from actkit.steer import METHODS, read_pairs, save_vector, select_layers, train_vector
 
@@ -122,6 +134,34 @@ def train_command(
                            f"{_num(mean_norms.get(str(layer)))} (|v| is {_num(ratio, 3)} of it)"), highlight=False)
     console.print(Text(f"wrote {out}: {method} from {len(items)} pairs of {pairs}, read at {read_position}, "
                        f"layers {', '.join(map(str, vector.layers))}"), highlight=False)
+
+
+def _train_lineas(pairs: str, out: Path, model: str, layers: str, site: str, read_position: str, batch_size: int,
+                  steps: int, lr: float, l1: float, rank: int, force: bool, as_json: bool, dtype: str,
+                  device: str) -> None:
+    """``actkit vector train --method lineas``: the pairs' negatives are the source, the positives the target."""
+    from actkit.models import load
+    from actkit.steer import read_pairs
+    from actkit.steer.lineas import save_lineas, train_from_pairs
+
+    with bad_input():
+        check_output_file(out, overwrite=force)
+        items = read_pairs(pairs_path(pairs))
+        loaded, tokenizer = load(model, dtype=dtype, device=device)
+        chosen = None if layers.strip().lower() == "auto" else parse_layers(layers)
+        lineas = train_from_pairs(loaded, tokenizer, items, chosen, site=site, read_position=read_position,
+                                  batch_size=batch_size, steps=steps, lr=lr, l1=l1, group=l1, rank=rank)
+        save_lineas(lineas, out, overwrite=force)
+    meta = lineas.metadata
+    summary = {"out": str(out), "model": model, "method": "lineas", "site": site, "layers": lineas.layers,
+               "read_position": read_position, "n_pairs": len(items), "loss_start": meta["loss_start"],
+               "loss_end": meta["loss_end"], "active": {str(k): v for k, v in lineas.active().items()}}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    stdout().print(Text(f"wrote {out}: LinEAS maps at {site} blocks {', '.join(map(str, lineas.layers))} from "
+                        f"{len(items)} pairs of {pairs}; loss {meta['loss_start']:.4g} -> {meta['loss_end']:.4g}; "
+                        f"coordinates changed per block {summary['active']}"), highlight=False)
 
 
 def _ranking_table(ranking: list[dict[str, Any]], chosen: list[int]) -> Table:
@@ -248,7 +288,8 @@ def generate_command(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeat for a batch).")],
     model: ModelOption = DEFAULT_MODEL,
     vector: Annotated[Path | None, typer.Option("--vector", "-v", help="A steering vector file (.safetensors "
-                                                "or a .gguf control vector).")] = None,
+                                                "or a .gguf control vector), or a LinEAS file (--coef is then "
+                                                "its strength).")] = None,
     coef: Annotated[float | None, typer.Option("--coef", "-c", help="Steering coefficient (default 1 with "
                                                "--vector); 0 is the plain model.")] = None,
     relative: Annotated[bool, typer.Option("--relative", help="--coef is a fraction of the mean residual norm "
@@ -293,6 +334,7 @@ def generate_command(
     from actkit.core.positions import parse_positions
     from actkit.models import load
     from actkit.steer import restrict_layers, steering_writes
+    from actkit.steer.lineas import is_lineas_file, load_lineas
 
     with bad_input():
         if vector is None and not dynamic:
@@ -317,8 +359,14 @@ def generate_command(
         off = parse_experts(experts_off) if experts_off is not None else None
         loaded, tokenizer = load(model, dtype=dtype, device=device)
         writes = None
-        steer = None
-        if vector is not None:
+        steer: Any = None
+        if vector is not None and is_lineas_file(vector):  # a LinEAS file: --coef is its strength
+            if relative:
+                raise ActkitError("--relative applies to steering vectors; a LinEAS file's --coef is its strength")
+            steer = load_lineas(vector, loaded)
+            writes = steer.to_intervention(strength, positions=positions,
+                                           layers=None if layers is None else parse_layers(layers))
+        elif vector is not None:
             steer, _ = _read_vector(vector, loaded)
             try:
                 steer = restrict_layers(steer, None if layers is None else parse_layers(layers))
