@@ -91,7 +91,6 @@ def config(sae: SparseAutoencoder) -> dict[str, Any]:
             "hook_name": hook_name(sae.site),
             "hook_layer": s.layer,
             "hook_head_index": None,
-            "prepend_bos": True,
             "sae_lens_version": LAYOUT_VERSION,
             "sae_lens_training_version": None,
             "actkit": {**sae.metadata.get("actkit", {}), "site": sae.site},
