@@ -51,8 +51,9 @@ def test_input_score_is_the_share_of_top_contexts_peaking_on_a_top_token() -> No
     model = build("llama")
     tokenizer = CharTokenizer()
     sae = random_sae(HIDDEN, d_sae=6, k=2)
-    texts = ["abcab", "bbbcc", "hello", "zzzz a", "qwerty"]
-    lens = logit_lens_tokens(model, sae, top=4)
+    sae.b_enc += 1.0  # every token fires two features
+    texts = ["abcab", "bbbcc", "hello", "zzzz a", "qwerty", "ghij", "a"]
+    lens = logit_lens_tokens(model, sae, top=12)
     got = input_scores(model, tokenizer, sae, texts, lens, contexts=3, min_contexts=2, batch_size=2)
     seen = Capture()
     peaks: list[list[tuple[float, int]]] = [[] for _ in range(6)]
@@ -65,6 +66,8 @@ def test_input_score_is_the_share_of_top_contexts_peaking_on_a_top_token() -> No
                 value, where = f[:, i].max(0)
                 if value > 0:
                     peaks[i].append((float(value), int(ids[0, where])))
+    scored = [float(v) for v in got["input_score"] if not math.isnan(float(v))]
+    assert len(scored) >= 3 and len(set(scored)) >= 2, got  # not vacuous: several features, different scores
     for i in range(6):
         best = sorted(peaks[i], reverse=True)[:3]
         if len(best) < 2:
