@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from sae_helpers import random_sae
 
 from actkit.sae import load_sae, save_sae
 
 from cli_helpers import assert_bad_input, invoke
-from sae_helpers import random_sae
 
 pytestmark = pytest.mark.usefixtures("cached_load")  # each model loaded once for the module
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from sae_helpers import random_sae
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from actkit.errors import ActkitError
 from actkit.sae import load_sae, save_sae
 
-from sae_helpers import random_sae
 from tiny import HIDDEN, build
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sae_helpers import random_sae
 
 from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Add
 from actkit.errors import ActkitError
 from actkit.sae import EncodeEditDecode, FeatureEdit, SparseAutoencoder, sae_writes
 
-from sae_helpers import random_sae
 from tiny import HIDDEN, build, tokens
 
 

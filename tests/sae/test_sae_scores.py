@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
+from sae_helpers import random_sae
 
 from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Apply
 from actkit.core.positions import Last
 from actkit.sae import input_scores, logit_lens_tokens, output_scores
 
-from sae_helpers import random_sae
 from tiny import HIDDEN, VOCAB, CharTokenizer, build
 
 

@@ -6,12 +6,12 @@ import random
 
 import pytest
 import torch
+from sae_helpers import random_sae
 
 from actkit.errors import ActkitError
 from actkit.sae import evaluate_sae, train_sae
 from actkit.sae._train import ReconstructionStats
 
-from sae_helpers import random_sae
 from tiny import HIDDEN, CharTokenizer, build
 
 

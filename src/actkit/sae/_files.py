@@ -207,8 +207,10 @@ def load_sae(folder: str | Path, model: nn.Module | None = None) -> SparseAutoen
     if cfg.get("reshape_activations", "none") not in (None, "none"):
         raise ActkitError(f"{source}: reshape_activations {cfg['reshape_activations']!r} (per-head SAEs) is not "
                           "supported")
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    ours = meta.get("actkit") if isinstance(meta.get("actkit"), dict) else {}
+    raw_meta = cfg.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    raw_ours = meta.get("actkit")
+    ours: dict[str, Any] = raw_ours if isinstance(raw_ours, dict) else {}
     name = ours.get("site") or meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     if not isinstance(name, str):
         raise ActkitError(f"{source}: no hook_name: the SAE does not say which site it reads")
@@ -233,8 +235,9 @@ def load_sae(folder: str | Path, model: nn.Module | None = None) -> SparseAutoen
         raise ActkitError(f"{str(weights)!r}: W_enc has shape {tuple(tensors['W_enc'].shape)} but cfg.json says "
                           f"d_in={d_in}, d_sae={d_sae}")
     extra = {key: value for key, value in ours.items() if key != "site"}
+    w_enc, b_enc, w_dec, b_dec = (tensors[key].to(torch.float32) for key in ("W_enc", "b_enc", "W_dec", "b_dec"))
     sae = SparseAutoencoder(
-        *(tensors[key].to(torch.float32) for key in ("W_enc", "b_enc", "W_dec", "b_dec")), site=site, k=k,
+        w_enc, b_enc, w_dec, b_dec, site=site, k=k,
         architecture=architecture,
         threshold=tensors["threshold"].to(torch.float32) if architecture == "jumprelu" else None,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
@@ -282,7 +285,8 @@ def _site_width(model: nn.Module, site: str) -> int | None:
     if s.kind in ("embed", "resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_in"):
         return int(here["hidden_size"])
     if s.kind == "mlp_hidden":
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config: Any = getattr(model, "config", None)
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
         width = getattr(config, "intermediate_size", None)
         return int(width) if isinstance(width, int) else None
     return None

@@ -11,7 +11,14 @@ from actkit.core.interventions import Add, Intervention
 from actkit.core.positions import Positions, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
-from actkit.sae._model import EncodeEditDecode, FeatureEdit, SparseAutoencoder, feature_indices, finite_number, unit_rows
+from actkit.sae._model import (
+    EncodeEditDecode,
+    FeatureEdit,
+    SparseAutoencoder,
+    feature_indices,
+    finite_number,
+    unit_rows,
+)
 from actkit.steer.vectors import SteeringVector
 
 SteerMode = Literal["add", "clamp"]

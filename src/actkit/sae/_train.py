@@ -137,8 +137,8 @@ def train_sae(
     if steps == 0:
         raise ActkitError("no tokens to train on: the texts are empty")
     tail = max(1, steps // 10)
-    sae = SparseAutoencoder(*(params[n].detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")),
-                            site=name, k=k, architecture="topk")
+    w_enc, b_enc, w_dec, b_dec = (params[n].detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    sae = SparseAutoencoder(w_enc, b_enc, w_dec, b_dec, site=name, k=k, architecture="topk")
     sae.metadata["actkit"] = {
         **model_metadata(model), "trained_tokens": tokens, "epochs": epochs, "seed": seed,
         "mean_norm": norm_sum / tokens, "method": "topk (Gao et al. 2024)",

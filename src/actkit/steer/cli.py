@@ -269,9 +269,8 @@ def generate_command(
     from actkit.core.generate import generate
     from actkit.core.positions import parse_positions
     from actkit.models import load
-    from actkit.steer import restrict_layers, steering_writes
-
     from actkit.sae.cli import check_generate_options, generate_writes
+    from actkit.steer import restrict_layers, steering_writes
 
     with bad_input():
         check_generate_options(vector, sae, feature, clamp, layers)
