@@ -102,3 +102,11 @@ def test_a_folder_without_cfg_is_refused(tmp_path: Path) -> None:
         load_sae(tmp_path)
     with pytest.raises(ActkitError, match="does not exist"):
         load_sae(tmp_path / "nothing")
+
+
+def test_an_sae_for_another_configuration_of_the_same_size_warns(tmp_path: Path) -> None:
+    small, other = build("llama"), build("llama")
+    other.config.num_hidden_layers = 5  # same hidden size, recorded as another model
+    save_sae(random_sae(HIDDEN, model=other), tmp_path / "other")
+    with pytest.warns(UserWarning, match="num_hidden_layers: 5 in the SAE, 3 in the model"):
+        load_sae(tmp_path / "other", small)

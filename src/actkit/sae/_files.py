@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +250,8 @@ def load_sae(folder: str | Path, model: nn.Module | None = None) -> SparseAutoen
 
 
 def check_sae_fits(sae: SparseAutoencoder, model: nn.Module, *, source: str = "the SAE") -> None:
-    """Raise `ActkitError` unless `sae` can read `model`: its site exists there with the SAE's input size.
+    """Raise `ActkitError` unless `sae` can read `model`: its site exists there with the SAE's input size; warn
+    (`UserWarning`) when the SAE records a model configuration that differs in other fields.
 
     Arguments:
         sae: the SAE.
@@ -271,11 +273,11 @@ def check_sae_fits(sae: SparseAutoencoder, model: nn.Module, *, source: str = "t
                           f"{here['model']} has size {width} there (hidden size {here['hidden_size']}): the SAE "
                           "was trained for another model; train one for this model with `actkit sae train`")
     saved = ours.get("config") or {}
-    if saved and any(saved.get(k) != here["config"].get(k) for k in CONFIG_FIELDS if k != "model_type"):
-        diffs = [f"{k}: {saved.get(k)!r} in the SAE, {here['config'].get(k)!r} in the model"
-                 for k in CONFIG_FIELDS if saved.get(k) != here["config"].get(k)]
-        raise ActkitError(f"{source} was trained for a model of another shape ({'; '.join(diffs)}); train one for "
-                          "this model with `actkit sae train`")
+    diffs = [f"{k}: {saved.get(k)!r} in the SAE, {here['config'].get(k)!r} in the model"
+             for k in CONFIG_FIELDS if saved and saved.get(k) != here["config"].get(k)]
+    if diffs:  # as for vectors: fine-tunes of one base model share their geometry, so this only warns
+        warnings.warn(f"{source} was trained for a different configuration ({'; '.join(diffs)}); sizes fit, so it "
+                      "is used", UserWarning, stacklevel=3)
 
 
 def _site_width(model: nn.Module, site: str) -> int | None:
