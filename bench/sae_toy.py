@@ -11,7 +11,8 @@
    SAE's features (filtered), against the difference of means from the same pairs (``actkit vector train``'s
    default), and against the plain model.
 
-    python bench/sae_toy.py [--features 1024] [--k 16] [--tokens 100000] [--candidates 16] [--json]
+    python bench/sae_toy.py [--features 1024] [--k 16] [--tokens 100000] [--candidates 16] [--prompts 16]
+                            [--out DIR] [--json]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import actkit
 from actkit.builtin.corpus import iter_documents
 from actkit.demo.steering import TOY, _reviews, reference_texts
 from actkit.evaluate.shift import sweep
-from actkit.sae import evaluate_sae, feature_scores, feature_vector, train_sae
+from actkit.sae import evaluate_sae, feature_scores, feature_vector, save_sae, train_sae
 from actkit.steer import read_pairs, train_vector
 from actkit.steer.directions import read_activations
 from actkit.steer.pairs import pairs_path
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=20_000)
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--out", help="Also save the trained SAE to this folder.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -61,6 +63,8 @@ def main() -> None:
     sae, report = train_sae(model, tokenizer, (d.text for d in iter_documents("train")), site,
                             n_features=args.features, k=args.k, max_tokens=args.tokens, batch_size=32)
     out["training"] = report
+    if args.out:
+        save_sae(sae, args.out, overwrite=True)
     out["heldout"] = evaluate_sae(model, tokenizer, sae, (d.text for d in iter_documents("heldout")),
                                   max_tokens=args.eval_tokens)
     print(f"trained {args.features} features, k={args.k} at {site} on {report['tokens']} tokens in "
@@ -92,6 +96,7 @@ def main() -> None:
     plain = sweep(model, tokenizer, feature_vector(sae, candidates[0]), (0.0,), prompts, "positive",
                   **kwargs)[0]
     out["plain"] = plain
+    print(f"plain model: positive {plain['behaviour']:.2f}", flush=True)
     rows = []
     for i in candidates:
         swept = sweep(model, tokenizer, feature_vector(sae, i), COEFS, prompts, "positive", **kwargs)
