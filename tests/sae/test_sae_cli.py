@@ -105,3 +105,12 @@ def test_train_bad_input_exits_2(tmp_path: Path, args: list[str], needle: str) -
     flat = [x for kv in base.items() for x in kv]
     assert_bad_input(invoke("sae", "train", *flat, *args, "--out", tmp_path / "o"), needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_train_checks_out_before_loading_the_model(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke("sae", "train", "--site", "resid_post.2", "--features", "8", "--k", "2", "--model",
+                    "no/such-model-anywhere", "--out", blocker / "out")
+    assert_bad_input(result, "a-file", "is a regular file")
+    assert blocker.read_text() == "not a folder"
