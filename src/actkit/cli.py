@@ -25,6 +25,7 @@ from actkit.errors import ActkitError
 from actkit.evaluate.cli import eval_app
 from actkit.localize.cli import fv_command, patch_command
 from actkit.observe.cli import profile_command, sites_command
+from actkit.sae.cli import sae_app
 from actkit.serve.cli import serve_command
 from actkit.steer.cli import generate_command, vector_app
 
@@ -66,8 +67,10 @@ prune_app.command("experts")(experts_command)
 app.add_typer(eval_app, name="eval")
 app.command("patch")(patch_command)
 app.command("fv")(fv_command)
+app.add_typer(sae_app, name="sae")
 app.command("serve")(serve_command)
 app.add_typer(data_app, name="data")
+
 
 def main() -> None:
     """Console entry point: SIGTERM unwinds like Ctrl-C (status 143), and an `ActkitError` raised outside a

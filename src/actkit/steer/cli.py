@@ -314,6 +314,12 @@ def generate_command(
                        ] = False,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
+    sae: Annotated[Path | None, typer.Option("--sae", help="Steer with features of this SAE folder instead of "
+                                             "a vector (with --feature).")] = None,
+    feature: Annotated[str | None, typer.Option("--feature", help="With --sae: feature index (or 3,7) whose "
+                                                "unit decoder row is added times --coef.")] = None,
+    clamp: Annotated[bool, typer.Option("--clamp", help="With --sae: set the features' activations to --coef "
+                                        "through the SAE instead (reconstruction error kept).")] = False,
     experts_off: Annotated[str | None, typer.Option(
         "--experts-off", help="Switch these MoE experts off while generating, LAYER:EXPERT,... (their router logit "
         "is -inf before the top-k; --compare keeps them off too).")] = None,
@@ -333,11 +339,13 @@ def generate_command(
     from actkit.core.generate import generate
     from actkit.core.positions import parse_positions
     from actkit.models import load
+    from actkit.sae.cli import check_generate_options, generate_writes
     from actkit.steer import restrict_layers, steering_writes
     from actkit.steer.lineas import is_lineas_file, load_lineas
 
     with bad_input():
-        if vector is None and not dynamic:
+        check_generate_options(vector, sae, feature, clamp, layers)
+        if vector is None and not dynamic and sae is None:
             for name, given in (("--coef", coef is not None), ("--relative", relative), ("--layers", layers),
                                 ("--compare", compare)):
                 if given:
@@ -373,6 +381,9 @@ def generate_command(
             except ActkitError as error:
                 raise ActkitError(f"--layers {layers}: {error}") from None
             writes = steering_writes(steer, strength, relative=relative, positions=positions)
+        if sae is not None and feature is not None:
+            writes = generate_writes(loaded, sae, feature, strength, clamp=clamp, relative=relative,
+                                     positions=positions)
         options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, chat=chat,
                                        temperature=1.0 if temperature is None else temperature,
                                        top_p=1.0 if top_p is None else top_p, seed=seed)
@@ -386,7 +397,8 @@ def generate_command(
             plain = generate(loaded, tokenizer, prompt, **options) if compare else None
     settings = {"model": model, "experts_off": experts_off, "activation_sparsity": activation_sparsity,
                 "vector": None if vector is None else str(vector),
-                "coef": None if vector is None else strength, "relative": relative,
+                "sae": None if sae is None else str(sae), "feature": feature, "clamp": clamp,
+                "coef": None if vector is None and sae is None else strength, "relative": relative,
                 "layers": None if steer is None else steer.layers, "positions": positions,
                 "max_new_tokens": max_new_tokens, "sample": sample, "chat": chat}
     if as_json:
