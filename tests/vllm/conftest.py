@@ -1,5 +1,5 @@
 """Setup of the vLLM tests, which run in the vLLM environment (``./run test-vllm``, ``.venv-vllm``). Without
-vLLM (the main suite's venv) this folder is not collected at all.
+vLLM (the main suite's venv) only the engine-neutral test_vllm_rows.py is collected.
 
 vLLM's CPU build needs its device named (NOTES.md: else it may load its AVX512 library), a KV cache size, no
 hub access, and in one process no engine subprocess and one thread; these are set before vLLM is imported.
@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 
 collect_ignore_glob: list[str] = []
-if importlib.util.find_spec("vllm") is None:
-    collect_ignore_glob = ["test_*.py"]  # vLLM lives in its own venv: ./run test-vllm
+# this folder is itself named vllm, so on the tests' path it is a namespace package without an origin
+_spec = importlib.util.find_spec("vllm")
+if _spec is None or _spec.origin is None:
+    # vLLM lives in its own venv (./run test-vllm); test_vllm_rows.py needs no vLLM and runs everywhere
+    collect_ignore_glob = ["test_vllm_steering.py", "test_vllm_server.py", "test_vllm_export.py"]
 
 for _key, _value in {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
                      "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",
@@ -29,8 +32,6 @@ for _key, _value in {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
     os.environ.setdefault(_key, _value)
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-#: A prompt of the built-in corpus's review kind, with no star cue (its sentiment is what steering sets).
-PROMPT = "Anna reviewed the hotel: The room was"
 
 
 @pytest.fixture(scope="session")
@@ -63,25 +64,28 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-def start_server(command: list[str], env: dict[str, str], port: int, timeout: float, log: Path) -> Server:
-    """Start `command` and wait until ``/v1/models`` answers on `port` (its output goes to `log`)."""
-    import httpx
-
+def spawn(command: list[str], env: dict[str, str], port: int, log: Path) -> Server:
+    """Start `command` (a server on `port`), its output to `log`."""
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}/v1"
+    return Server(f"http://127.0.0.1:{port}/v1", process)
+
+
+def wait_ready(server: Server, timeout: float, log: Path) -> None:
+    """Wait until ``/v1/models`` answers; fail with the end of `log` if the server exits or is too slow."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{command[:4]} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        if server.process.poll() is not None:
+            raise AssertionError(f"the server exited with {server.process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{base}/models", timeout=1.0).status_code == 200:
-                return Server(base, process)
+            if httpx.get(f"{server.base_url}/models", timeout=1.0).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    process.kill()
-    raise AssertionError(f"{command[:4]} did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
+    raise AssertionError(f"the server did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 def stop(server: Server) -> None:
@@ -97,7 +101,7 @@ def stop(server: Server) -> None:
 @pytest.fixture(scope="session")
 def servers(vector_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     """vLLM's OpenAI server with the plugin and ``actkit serve``, both on toy-dense named ``toy-dense`` and
-    with `vector_dir`, started together (vLLM takes about a minute)."""
+    with `vector_dir`, started side by side (vLLM takes one to three minutes on a busy 2-core machine)."""
     from actkit.models.packaged import builtin_folder
 
     logs = tmp_path_factory.mktemp("logs")
@@ -106,14 +110,16 @@ def servers(vector_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     vllm_port, actkit_port = free_port(), free_port()
     started: dict[str, Server] = {}
     try:
-        started["vllm"] = start_server(
+        started["vllm"] = spawn(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(builtin_folder("toy-dense")),
              "--served-model-name", "toy-dense", "--host", "127.0.0.1", "--port", str(vllm_port), "--dtype",
              "float32", "--enforce-eager", "--no-enable-prefix-caching", "--max-model-len", "256", "--seed", "0"],
-            env, vllm_port, 300.0, logs / "vllm.log")
-        started["actkit"] = start_server(
+            env, vllm_port, logs / "vllm.log")
+        started["actkit"] = spawn(
             [sys.executable, "-m", "actkit.cli", "serve", "--model", "builtin:toy-dense", "--vectors",
-             str(vector_dir), "--port", str(actkit_port)], env, actkit_port, 120.0, logs / "actkit.log")
+             str(vector_dir), "--port", str(actkit_port)], env, actkit_port, logs / "actkit.log")
+        wait_ready(started["actkit"], 300.0, logs / "actkit.log")
+        wait_ready(started["vllm"], 400.0, logs / "vllm.log")
         yield started
     finally:
         for server in started.values():

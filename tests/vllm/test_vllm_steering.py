@@ -132,15 +132,14 @@ def test_mixed_batch_each_equals_alone_and_actkit(llm: Any, toy: tuple[Any, Any]
 
 
 def test_a_bad_request_is_refused_at_admission_and_the_engine_goes_on(llm: Any, toy: tuple[Any, Any]) -> None:
-    from vllm import SamplingParams
-    from vllm.exceptions import VLLMValidationError
+    from vllm import SamplingParams, exceptions
 
     _, tokenizer = toy
     for steer, message in [('[{"vector": "nope"}]', "unknown vector 'nope'"),
                            ('[{"vector": "sentiment", "coef": 1e9}]', "coefficient must be a finite number"),
                            ('[{"vector": "sentiment", "layers": [0]}]', "no direction at block(s) [0]"),
                            ("{not json", "not valid JSON")]:
-        with pytest.raises(VLLMValidationError, match=re.escape(message)):
+        with pytest.raises(exceptions.VLLMValidationError, match=re.escape(message)):
             llm.generate([PROMPTS[0]], SamplingParams(max_tokens=4, extra_args={"steer": steer}), use_tqdm=False)
     assert run(llm, tokenizer, PROMPTS[:1], [None])[0] == reference(toy, PROMPTS[0], None)
 
