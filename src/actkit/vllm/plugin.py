@@ -57,14 +57,19 @@ def vectors_folder() -> Path | None:
 
 
 def register() -> None:
-    """The ``vllm.general_plugins`` entry point (run by vLLM in each of its processes): with ``ACTKIT_VECTORS``
-    set, check the vLLM version and make every model runner steer; without it, do nothing."""
-    if vectors_folder() is None:
-        logger.info("actkit: %s is not set, so steering is off", VECTORS_ENV)
-        return
+    """The ``vllm.general_plugins`` entry point (run by vLLM in each of its processes): make the model runners
+    steer. Steering starts with each engine, when ``ACTKIT_VECTORS`` names a folder then; without it the runners
+    run as they would without the plugin. An unsupported vLLM is refused when steering is asked for."""
     import vllm
 
-    check_version(vllm.__version__)
+    try:
+        check_version(vllm.__version__)
+    except ActkitError:
+        if vectors_folder() is not None:
+            raise
+        logger.warning("actkit: vLLM %s is not one the plugin supports (%s); it stays off", vllm.__version__,
+                       SUPPORTED_VLLM)
+        return
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     runners: list[type] = [GPUModelRunner]
