@@ -107,3 +107,21 @@ def test_the_context_marks_padding_and_each_rows_prompt() -> None:
     assert ctx.valid[:, 0].tolist() == [True, True, True, False]
     assert ctx.prompt_len.tolist() == [6, 6, 5, 0]
     assert Generated().mask(ctx)[:, 0].tolist() == [False, False, True, False]
+
+
+def test_requests_with_the_same_writes_share_one_write_with_the_same_result() -> None:
+    torch.manual_seed(1)
+    layers = nn.ModuleList([SplitBlock() for _ in range(2)])
+    w = {"resid_post.1": [Ablate(torch.randn(D), Generated()), Add(torch.randn(D), coef=2.0)]}
+    x, positions = torch.randn(5, D), torch.tensor([0, 1, 2, 9, 4])
+
+    def steered(requests: list[Scheduled]) -> tuple[torch.Tensor, int]:
+        writes, residuals = step_writes(requests, 5, range(2))
+        with tap(Blocks(Config(), layers), write=writes, read={k: r.capture for k, r in residuals.items()}) as st:
+            st.context = step_context(positions, requests)
+            return run_split(layers, x), len(writes["module:layers.1:output.0"])
+
+    shared, n_shared = steered([Scheduled(0, 3, 2, w), Scheduled(3, 4, 6, w), Scheduled(4, 5, 5, None)])
+    apart, n_apart = steered([Scheduled(0, 3, 2, w), Scheduled(3, 4, 6, dict(w)), Scheduled(4, 5, 5, None)])
+    assert (n_shared, n_apart) == (2, 4)
+    assert torch.equal(shared, apart)

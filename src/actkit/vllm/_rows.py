@@ -132,18 +132,23 @@ def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
             ranks' business.
 
     Returns:
-        (module site -> each request's interventions confined to its rows, in request and item order;
+        (module site -> each request's interventions confined to its rows, in request and item order (requests
+        whose writes are one object, the same steering, share one intervention over all their rows);
         module site of a block's residual -> where to capture it, for the blocks that need it).
     """
     writes: dict[str, list[Intervention]] = {}
     reads: dict[str, Residual] = {}
+    # requests that share one writes object (the same steering text) share one write over all their rows
+    groups: dict[int, tuple[Mapping[str, Sequence[Intervention]], list[Scheduled]]] = {}
     for r in requests:
-        if not r.writes:
-            continue
+        if r.writes:
+            groups.setdefault(id(r.writes), (r.writes, []))[1].append(r)
+    for request_writes, members in groups.values():
         rows = torch.zeros(n_rows, dtype=torch.bool)
-        rows[r.start:r.stop] = True
-        index = torch.arange(r.start, r.stop)
-        for name, values in r.writes.items():
+        for r in members:
+            rows[r.start:r.stop] = True
+        index = torch.nonzero(rows).reshape(-1)
+        for name, values in request_writes.items():
             site = Site.parse(name)
             if site.kind != SITE or site.layer is None:
                 raise ActkitError(f"write at {name}: the vLLM plugin steers at {SITE}.L only")

@@ -39,6 +39,8 @@ ARCHITECTURES = {
 #: The environment variable naming the vector folder (the registry of ``actkit serve --vectors``).
 VECTORS_ENV = "ACTKIT_VECTORS"
 _MARK = "_actkit_steering_patch"
+#: Distinct steering texts whose writes are kept for reuse (then the cache starts over).
+TEXTS_KEPT = 1024
 
 
 def check_version(version: str) -> None:
@@ -133,6 +135,7 @@ class Steering:
         self.layers = layers
         self.registry = registry
         self._writes: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
+        self._by_text: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
 
     @classmethod
     def start(cls, model: torch.nn.Module, config: Any) -> Steering | None:
@@ -164,10 +167,18 @@ class Steering:
         return cls(blocks, local, registry)
 
     def writes_of(self, request_id: str, sampling_params: Any) -> Mapping[str, Sequence[Intervention]] | None:
-        """A request's writes, built once and kept while it runs."""
+        """A request's writes, built once and kept while it runs; requests with the same steering text get the
+        same writes object, so a pass applies them once over all their rows."""
         if request_id not in self._writes:
-            extra = getattr(sampling_params, "extra_args", None) or {}
-            self._writes[request_id] = request_writes(self.registry, extra.get("steer"))
+            steer = (getattr(sampling_params, "extra_args", None) or {}).get("steer")
+            if isinstance(steer, str):
+                if steer not in self._by_text:
+                    if len(self._by_text) >= TEXTS_KEPT:
+                        self._by_text.clear()
+                    self._by_text[steer] = request_writes(self.registry, steer)
+                self._writes[request_id] = self._by_text[steer]
+            else:
+                self._writes[request_id] = request_writes(self.registry, steer)
         return self._writes[request_id]
 
     def forward(self, runner: Any, run: Callable[..., Any], input_ids: Any = None, positions: Any = None,
