@@ -83,7 +83,7 @@ def worker(kind: str, folder: Path, tokens: int, repeats: int, requests: int) ->
         return _actkit_worker(folder, tokens, repeats, requests, steer)
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(folder), dtype="float32", enforce_eager=True, max_model_len=512, enable_prefix_caching=False,
+    llm = LLM(model=str(folder), dtype="float32", enforce_eager=True, max_model_len=256, enable_prefix_caching=False,
               seed=0)
     tokenizer = llm.get_tokenizer()
     prompts = [{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in PROMPTS]
