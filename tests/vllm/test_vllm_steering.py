@@ -150,3 +150,25 @@ def test_steering_from_python_takes_the_list_itself(llm: Any, toy: tuple[Any, An
     as_list = run(llm, tokenizer, PROMPTS[:1], [items])[0]
     vector = load_vector(vector_dir / "sentiment.safetensors", model)
     assert as_list == reference(toy, PROMPTS[0], steering_writes(vector, -4.0))
+
+
+def test_unsupported_versions_and_engine_setups_are_refused_with_their_fix() -> None:
+    from types import SimpleNamespace
+
+    from actkit.errors import ActkitError
+
+    for version in ("0.32.0", "0.32.0+cpu", "0.32.4"):
+        plugin.check_version(version)
+    for version in ("0.31.2", "0.33.0", "1.0.0"):
+        with pytest.raises(ActkitError, match=r"supports vLLM .*this is vLLM " + re.escape(version)):
+            plugin.check_version(version)
+    other = type("GPT2LMHeadModel", (torch.nn.Module,), {})()
+    config = SimpleNamespace(compilation_config=SimpleNamespace(mode=3),
+                             cache_config=SimpleNamespace(enable_prefix_caching=True), speculative_config=object())
+    problems = plugin._refusals(other, config)
+    assert len(problems) == 4
+    assert "GPT2LMHeadModel" in problems[0] and "Mixtral (MixtralForCausalLM)" in problems[0]
+    assert "--enforce-eager" in problems[1] and "--no-enable-prefix-caching" in problems[2]
+    eager = SimpleNamespace(compilation_config=SimpleNamespace(mode=0),
+                            cache_config=SimpleNamespace(enable_prefix_caching=False), speculative_config=None)
+    assert plugin._refusals(type("LlamaForCausalLM", (torch.nn.Module,), {})(), eager) == []
