@@ -124,6 +124,9 @@ def _refusals(model: torch.nn.Module, config: Any) -> list[str]:
                         "(LLM(..., enable_prefix_caching=False))")
     if getattr(config, "speculative_config", None) is not None:
         problems.append("speculative decoding is on (its draft model is not steered); start vLLM without it")
+    if getattr(getattr(config, "parallel_config", None), "use_ubatching", False):
+        problems.append("micro-batching is on (each micro-batch runs part of the rows); start vLLM without "
+                        "--enable-dbo and --ubatch-size")
     return problems
 
 
