@@ -109,9 +109,9 @@ def test_mixed_batch_each_equals_alone_and_actkit(llm: Any, toy: tuple[Any, Any]
     passes: list[list[Scheduled]] = []
     record = plugin.step_context
 
-    def recording(positions: torch.Tensor, requests: list[Scheduled]) -> Any:
+    def recording(positions: torch.Tensor, requests: list[Scheduled], *frame: Any) -> Any:
         passes.append([*requests])
-        return record(positions, requests)
+        return record(positions, requests, *frame)
 
     monkeypatch.setattr(plugin, "step_context", recording)
     together = run(llm, tokenizer, PROMPTS, texts)

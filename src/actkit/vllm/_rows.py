@@ -57,23 +57,38 @@ class Blocks(nn.Module):
         self.layers = layers
 
 
-def step_context(positions: torch.Tensor, requests: Sequence[Scheduled]) -> StepContext:
+def row_frame(n_rows: int, requests: Sequence[Scheduled]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid, prompt_len), each (N,): which rows hold a scheduled token, and the prompt length of its request.
+    It depends on the batch's layout only, so an engine may keep it while the layout stays."""
+    valid = torch.zeros(n_rows, dtype=torch.bool)
+    prompt_len = torch.zeros(n_rows, dtype=torch.long)
+    if requests and all(a.stop == b.start for a, b in zip(requests, requests[1:], strict=False)):
+        start, stop = requests[0].start, requests[-1].stop  # vLLM's layout: end to end (one op, not one per request)
+        valid[start:stop] = True
+        prompt_len[start:stop] = torch.repeat_interleave(torch.tensor([r.prompt_len for r in requests]),
+                                                         torch.tensor([r.stop - r.start for r in requests]))
+        return valid, prompt_len
+    for r in requests:
+        valid[r.start:r.stop] = True
+        prompt_len[r.start:r.stop] = r.prompt_len
+    return valid, prompt_len
+
+
+def step_context(positions: torch.Tensor, requests: Sequence[Scheduled],
+                 frame: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepContext:
     """The context of a flattened pass of N tokens as N one-token rows.
 
     Arguments:
         positions: (N,) the absolute position of each row's token (what the engine gives its model).
         requests: the scheduled requests, each on its rows; rows outside them (padding) are not valid.
+        frame: `row_frame` of this layout, when the caller kept it.
 
     Returns:
         A (N, 1) `StepContext`: position, validity and the prompt length of the row's request.
     """
     n = int(positions.shape[0])
     device = positions.device
-    valid = torch.zeros(n, dtype=torch.bool)
-    prompt_len = torch.zeros(n, dtype=torch.long)
-    for r in requests:
-        valid[r.start:r.stop] = True
-        prompt_len[r.start:r.stop] = r.prompt_len
+    valid, prompt_len = frame if frame is not None else row_frame(n, requests)
     valid, prompt_len = valid.to(device), prompt_len.to(device)
     where = positions.to(torch.long).masked_fill(~valid, -1)
     rows = torch.arange(n, device=device)
@@ -147,7 +162,9 @@ def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
         rows = torch.zeros(n_rows, dtype=torch.bool)
         for r in members:
             rows[r.start:r.stop] = True
-        index = torch.nonzero(rows).reshape(-1)
+        # one steering for every request: no rows to pick (padding rows are not valid, so nothing selects them)
+        whole = len(members) == len(requests)
+        index = torch.arange(n_rows) if whole else torch.nonzero(rows).reshape(-1)
         for name, values in request_writes.items():
             site = Site.parse(name)
             if site.kind != SITE or site.layer is None:
@@ -156,13 +173,11 @@ def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
                 continue
             target = writes.setdefault(f"module:layers.{site.layer}:output.0", [])
             for value in values:
-                if isinstance(value, Add):  # linear: adding to the hidden half adds to the stream
-                    target.append(OnRows(value, rows))
-                    continue
-                key = f"module:layers.{site.layer}.post_attention_layernorm:output.1"
-                residual = reads.setdefault(key, Residual())
-                target.append(OnRows(OnStream(value, residual, index), rows))
+                if not isinstance(value, Add):  # Add is linear: adding to the hidden half adds to the stream
+                    key = f"module:layers.{site.layer}.post_attention_layernorm:output.1"
+                    value = OnStream(value, reads.setdefault(key, Residual()), index)
+                target.append(value if whole else OnRows(value, rows))
     return writes, reads
 
 
-__all__ = ["SITE", "Blocks", "OnStream", "Residual", "Scheduled", "step_context", "step_writes"]
+__all__ = ["SITE", "Blocks", "OnStream", "Residual", "Scheduled", "row_frame", "step_context", "step_writes"]

@@ -23,7 +23,7 @@ from actkit.core.interventions import Intervention
 from actkit.errors import ActkitError
 from actkit.serve.schema import APIError
 from actkit.serve.steering import VectorRegistry, build_writes, parse_steer
-from actkit.vllm._rows import SITE, Blocks, Scheduled, step_context, step_writes
+from actkit.vllm._rows import SITE, Blocks, Residual, Scheduled, row_frame, step_context, step_writes
 
 logger = logging.getLogger("actkit.vllm")
 
@@ -139,6 +139,10 @@ class Steering:
         self.registry = registry
         self._writes: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
         self._by_text: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
+        self._layout: tuple[Any, ...] | None = None
+        self._frame: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._held: list[Any] = []
+        self._step: tuple[dict[str, list[Intervention]], dict[str, Residual]] = ({}, {})
 
     @classmethod
     def start(cls, model: torch.nn.Module, config: Any) -> Steering | None:
@@ -200,8 +204,15 @@ class Steering:
             self._writes = {k: v for k, v in self._writes.items() if k in runner.requests}
         if not any(s.writes for s in scheduled):
             return run(input_ids, positions, *args, **kwargs)
-        ctx = step_context(positions, scheduled)
-        writes, residuals = step_writes(scheduled, int(positions.shape[0]), self.layers)
+        n_rows = int(positions.shape[0])
+        layout = (n_rows, tuple((id(s.writes) if s.writes else 0, s.start, s.stop, s.prompt_len) for s in scheduled))
+        if layout != self._layout:  # decode steps of an unchanged batch reuse the frame and the writes
+            self._layout = layout
+            self._held = [s.writes for s in scheduled]  # alive while their ids key the layout
+            self._frame = row_frame(n_rows, scheduled)
+            self._step = step_writes(scheduled, n_rows, self.layers)
+        ctx = step_context(positions, scheduled, self._frame)
+        writes, residuals = self._step
         with tap(self.blocks, write=writes, read={k: r.capture for k, r in residuals.items()}) as state:
             state.context = ctx
             return run(input_ids, positions, *args, **kwargs)
