@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per worker process at most")
+    parser.add_argument("--kinds", default="stock,plugin,actkit", help="which processes to run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,18 +205,29 @@ def main() -> None:
         for name in names:
             folder, vectors = prepare(name, Path(tmp))
             start = time.perf_counter()
-            rates = {kind: run_worker(kind, folder, vectors, args) for kind in ("stock", "plugin", "actkit")}
+            rates: dict[str, dict[str, Any]] = {}
+            for kind in args.kinds.split(","):
+                try:
+                    rates[kind] = run_worker(kind, folder, vectors, args)
+                except (SystemExit, subprocess.TimeoutExpired) as error:
+                    print(f"{name}: the {kind} process gave no result ({str(error)[:200]})")
+                    rates[kind] = {}
             print(f"\n{name} ({time.perf_counter() - start:.0f} s; load average after {os.getloadavg()[0]:.1f})")
             print(f"{'':12}{'vLLM stock':>12}{'vLLM+plugin':>13}{'actkit serve':>14}")
             for variant in ("c1 plain", "c1 steered", "c8 plain", "c8 steered"):
-                row = [rates[k].get(variant) for k in ("stock", "plugin", "actkit")]
+                row = [rates.get(k, {}).get(variant) for k in ("stock", "plugin", "actkit")]
                 print(f"{variant:12}" + "".join(f"{v:>13.1f}" if v else f"{'-':>13}" for v in row))
-            plugin, stock, engine = rates["plugin"], rates["stock"], rates["actkit"]
+            stock, plugin, engine = (rates.get(k, {}) for k in ("stock", "plugin", "actkit"))
             for level in ("c1", "c8"):
-                print(f"{level}: steered/plain in vLLM+plugin {plugin[f'{level} steered'] / plugin[f'{level} plain']:.3f}"
-                      f"; plugin plain/stock {plugin[f'{level} plain'] / stock[f'{level} plain']:.3f}"
-                      f"; vLLM+plugin steered / actkit serve steered "
-                      f"{plugin[f'{level} steered'] / engine[f'{level} steered']:.2f}x")
+                parts = []
+                if f"{level} steered" in plugin:
+                    parts.append(f"steered/plain in vLLM+plugin {plugin[f'{level} steered'] / plugin[f'{level} plain']:.3f}")
+                if plugin and stock:
+                    parts.append(f"plugin plain/stock {plugin[f'{level} plain'] / stock[f'{level} plain']:.3f}")
+                if plugin and engine:
+                    parts.append("vLLM+plugin steered / actkit serve steered "
+                                 f"{plugin[f'{level} steered'] / engine[f'{level} steered']:.2f}x")
+                print(f"{level}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":
