@@ -336,9 +336,40 @@ def train_probe(
     y = check_labels(labels)
     if not 0.0 <= fpr < 1.0:
         raise ActkitError(f"the false-positive rate must be in [0, 1), got {fpr}")
-    train, test = split_held_out(y, held_out, seed)
+    split_held_out(y, held_out, seed)  # too few examples: say so before reading any activation
     candidates = resolve_layers(model, layers)
     feats = text_activations(model, tokenizer, texts, candidates, kind=kind, reduce=reduce, batch_size=batch_size)
+    probe = probe_from_features(feats, y, kind=kind, method=method, reduce=reduce, fpr=fpr, held_out=held_out,
+                                seed=seed)
+    probe.metadata = {**model_metadata(model), **probe.metadata}
+    return probe
+
+
+def probe_from_features(
+    features: dict[int, torch.Tensor],
+    labels: Sequence[int] | torch.Tensor,
+    *,
+    kind: str = "resid_post",
+    method: str = "mean-diff",
+    reduce: str = "last",
+    fpr: float = 0.01,
+    held_out: float = 0.25,
+    seed: int = 0,
+) -> Probe:
+    """`train_probe` on activations already read: block -> (N, d) features of the N labelled texts.
+
+    The split, block choice, fit, threshold and held-out measurement are `train_probe`'s; the metadata holds the
+    measurements but not the model fields (`train_probe` adds them).
+    """
+    if method not in METHODS:
+        raise ActkitError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
+    if not features:
+        raise ActkitError("no blocks to train a probe at")
+    y = check_labels(labels)
+    if not 0.0 <= fpr < 1.0:
+        raise ActkitError(f"the false-positive rate must be in [0, 1), got {fpr}")
+    train, test = split_held_out(y, held_out, seed)
+    candidates = sorted(features)
     scores_by_layer: dict[int, float] = {}
     if len(candidates) > 1:
         y_train = y[train]
@@ -347,13 +378,13 @@ def train_probe(
         except ActkitError:
             fit_i = val_i = list(range(len(train)))  # too few to carve a validation part: choose on the fit
         for layer in candidates:
-            x = feats[layer][train]
+            x = features[layer][train]
             w, b = fit_direction(x[fit_i], y_train[fit_i], method)
             scores_by_layer[layer] = auroc(x[val_i] @ w + b, y_train[val_i])
         best = max(candidates, key=lambda c: (scores_by_layer[c], -c))
     else:
         best = candidates[0]
-    x = feats[best]
+    x = features[best].to("cpu", _F64)
     w, b = fit_direction(x[train], y[train], method)
     train_scores = (x[train] @ w + b).to(torch.float32).to(_F64)
     threshold = threshold_at_fpr(train_scores[y[train] == 0], fpr)
@@ -362,7 +393,6 @@ def train_probe(
     predicted = probe.predict(held_scores).long()
     y_test = y[test]
     metadata: dict[str, Any] = {
-        **model_metadata(model),
         "fpr": fpr,
         "auroc": auroc(held_scores, y_test),
         "accuracy": float((predicted == y_test).double().mean()),
@@ -521,6 +551,6 @@ def check_probe_fits(probe: Probe, model: nn.Module, *, source: str = "the probe
 
 __all__ = [
     "FORMAT_VERSION", "METHODS", "REDUCES", "Probe", "auroc", "calibrate", "check_labels", "check_probe_fits",
-    "fit_direction", "load_probe", "probe_from_vector", "save_probe", "split_held_out", "text_activations",
+    "fit_direction", "load_probe", "probe_from_features", "probe_from_vector", "save_probe", "split_held_out", "text_activations",
     "threshold_at_fpr", "train_probe",
 ]
