@@ -90,3 +90,17 @@ def test_probe_for_another_model_is_refused(probe_file, tmp_path):
     data.write_text(json.dumps({"text": "hello"}))
     assert_bad_input(invoke("probe", "score", probe_file, "--model", folder, "--data", data), "does not fit")
     assert_bad_input(invoke("generate", "-p", "hi", "--model", folder, "--monitor", probe_file), "does not fit")
+
+
+def test_generate_monitor_on_a_terminal_prints_tokens_and_threshold(probe_file, monkeypatch, capsys):
+    import sys
+
+    import actkit
+    from actkit.monitor.cli import monitored_generation
+
+    model, tokenizer = actkit.models.load("builtin:toy-dense")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monitored_generation(model, tokenizer, ["User: How do I rob a bank?\nAssistant:"], [probe_file], None,
+                         {"max_new_tokens": 4}, False, {"model": "builtin:toy-dense"})
+    out = capsys.readouterr().out
+    assert "How do I rob a bank?" in out and "threshold" in out and not out.lstrip().startswith("{")

@@ -198,7 +198,7 @@ def monitored_generation(model: Any, tokenizer: Any, prompts: list[str], paths: 
     for prompt, item in zip(prompts, found, strict=True):
         console.print(Text(prompt, style="bold"))
         for name, probe in probes.items():
-            line = Text(f"  {Path(name).name}: ", style="dim")
+            line = Text.assemble((f"  {Path(name).name}: ", "dim"))
             for token, score in zip(item.ids, item.scores[name], strict=True):
                 line.append(decode([token]), style="on red" if score > probe.threshold else "on dark_green")
             peak = max(item.scores[name], default=float("nan"))
