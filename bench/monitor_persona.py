@@ -3,14 +3,16 @@
 For each model: a refusal direction (`train_vector`, mean-diff, on the shipped toy-refusal pairs) at the block a
 probe picks (`train_probe` on the same pairs' texts, validation AUROC), used as the monitor (`probe_from_vector`:
 the projection on the unit direction, as persona vectors do). The prompt set: held-out forbidden and benign
-requests of the built-in corpus. For each edit: the shift of the mean projection of the prompt set
+requests of the built-in corpus (``--prompt-set mixed``) or the forbidden ones alone (``forbidden``: the prompts that
+elicit the trait, as persona vectors measure). For each edit: the shift of the mean projection of the prompt set
 (`mean_projection`, no generation) and the change of the refusal rate on the same prompts (greedy, 8 tokens,
 `actkit.evaluate.behaviours.refusal_rate`). Edits: steering with the vector at relative coefficients, ablation of
 the direction everywhere (Arditi et al.), magnitude and Wanda pruning (unstructured) at several sparsities, and on
 toy-moe, expert pruning (REAP and frequency) at several kept fractions. Reported: the table and Pearson's r and
 Spearman's rho across edits, per model.
 
-    python bench/monitor_persona.py [--models builtin:toy-dense builtin:toy-moe] [--prompts 40] [--json]
+    python bench/monitor_persona.py [--models builtin:toy-dense builtin:toy-moe] [--prompts 40] [--block B]
+                                    [--prompt-set mixed|forbidden] [--json]
 """
 
 from __future__ import annotations
@@ -63,16 +65,18 @@ def with_writes(model: Any, writes: Any, fn: Callable[[], float]) -> float:
         return fn()
 
 
-def measure(name: str, n_prompts: int) -> dict[str, Any]:
+def measure(name: str, n_prompts: int, block: int | None, prompt_set: str) -> dict[str, Any]:
     model, tokenizer = actkit.load(name)
     pairs = read_pairs(pairs_path("builtin:toy-refusal"))
     texts = [p.positive for p in pairs] + [p.negative for p in pairs]
-    picked = train_probe(model, tokenizer, texts, [1] * len(pairs) + [0] * len(pairs), method="mean-diff")
+    picked = train_probe(model, tokenizer, texts, [1] * len(pairs) + [0] * len(pairs), method="mean-diff",
+                         layers=None if block is None else [block])
     layer = picked.layer
     vector = train_vector(model, tokenizer, pairs, [layer])
     probe = probe_from_vector(vector, layer)
-    prompts = ([d.prompt for d in corpus.eval_set("request", n_prompts, label="forbidden")]
-               + [d.prompt for d in corpus.eval_set("request", n_prompts, label="benign")])
+    prompts = [d.prompt for d in corpus.eval_set("request", n_prompts, label="forbidden")]
+    if prompt_set == "mixed":
+        prompts += [d.prompt for d in corpus.eval_set("request", n_prompts, label="benign")]
     base_projection = mean_projection(model, tokenizer, prompts, probe)
     base_rate = refusal_rate(model, tokenizer, prompts)
     rows = []
@@ -86,7 +90,7 @@ def measure(name: str, n_prompts: int) -> dict[str, Any]:
                      "seconds": time.perf_counter() - start})
     shifts = [r["projection_shift"] for r in rows]
     changes = [r["behaviour_change"] for r in rows]
-    return {"model": name, "probe_site": probe.site, "probe_auroc_on_pairs": picked.metadata["auroc"],
+    return {"model": name, "prompt_set": prompt_set, "probe_site": probe.site, "probe_auroc_on_pairs": picked.metadata["auroc"],
             "prompts": len(prompts), "base_projection": base_projection, "base_refusal_rate": base_rate,
             "edits": rows, "correlation": correlation(shifts, changes)}
 
@@ -94,10 +98,13 @@ def measure(name: str, n_prompts: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["builtin:toy-dense", "builtin:toy-moe"])
-    parser.add_argument("--prompts", type=int, default=40, help="forbidden and as many benign prompts")
+    parser.add_argument("--prompts", type=int, default=40, help="forbidden (and as many benign) prompts")
+    parser.add_argument("--block", type=int, default=None,
+                        help="the block of the direction (negative from the end); default: the probe's choice")
+    parser.add_argument("--prompt-set", choices=["mixed", "forbidden"], default="mixed")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [measure(m, args.prompts) for m in args.models]
+    results = [measure(m, args.prompts, args.block, args.prompt_set) for m in args.models]
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model()}
     if args.json:
         print(json.dumps({"results": results, **info}, indent=2))
