@@ -24,6 +24,7 @@ from actkit.demo.cli import demo_command
 from actkit.errors import ActkitError
 from actkit.evaluate.cli import eval_app
 from actkit.localize.cli import fv_command, patch_command
+from actkit.monitor.cli import probe_app
 from actkit.observe.cli import profile_command, sites_command
 from actkit.sae.cli import sae_app
 from actkit.serve.cli import serve_command
@@ -68,6 +69,7 @@ app.add_typer(eval_app, name="eval")
 app.command("patch")(patch_command)
 app.command("fv")(fv_command)
 app.add_typer(sae_app, name="sae")
+app.add_typer(probe_app, name="probe")
 app.command("serve")(serve_command)
 app.add_typer(data_app, name="data")
 

@@ -333,12 +333,15 @@ def generate_command(
     backtrack: Annotated[str | None, typer.Option(
         "--backtrack", help="Steer with --vector only after a probe crosses its threshold, K tokens back: a probe "
         "file, or LAYER:above|below:THRESHOLD[:K] to read --vector's direction at LAYER (K default 4).")] = None,
+    monitor: Annotated[list[Path] | None, typer.Option("--monitor", help="A probe file: print each generated "
+                                                       "token's score on it (repeat for several).")] = None,
 ) -> None:
     """Generate a continuation of each prompt, optionally steered by a vector (greedy unless --sample)."""
     from actkit.compress.experts.scores import parse_experts
     from actkit.core.generate import generate
     from actkit.core.positions import parse_positions
     from actkit.models import load
+    from actkit.monitor.cli import monitored_generation
     from actkit.sae.cli import check_generate_options, generate_writes
     from actkit.steer import restrict_layers, steering_writes
     from actkit.steer.lineas import is_lineas_file, load_lineas
@@ -389,6 +392,12 @@ def generate_command(
                                        top_p=1.0 if top_p is None else top_p, seed=seed)
         extra: dict[str, Any] = {}
         with _experts_off(loaded, off), _activation_sparsity(loaded, tokenizer, activation_sparsity, len(prompt)):
+            if monitor and (dynamic or backtrack is not None):
+                raise ActkitError("--monitor reads plain or --vector/--sae steered generation; it does not combine "
+                                  "with --dynamic or --backtrack yet")
+            if monitor:  # per-token probe scores: actkit.monitor
+                return monitored_generation(loaded, tokenizer, prompt, monitor, writes, options, as_json,
+                                            {"model": model, "vector": vector and str(vector), "compare": compare})
             if dynamic or backtrack is not None:
                 completions, extra = _adaptive(loaded, tokenizer, prompt, steer, dynamic, backtrack, coef,
                                                relative, options)
