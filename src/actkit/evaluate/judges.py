@@ -129,7 +129,9 @@ class Judge(Protocol):
     """Scores continuations of prompts (0-2 per criterion) and states its calibration."""
 
     name: str
-    calibration: dict[str, Any]
+
+    @property
+    def calibration(self) -> dict[str, Any]: ...
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]: ...
 

@@ -39,7 +39,13 @@ from actkit.core.generate import generate
 from actkit.core.layers import resolve_layers
 from actkit.errors import ActkitError
 from actkit.evaluate.judges import Concept, Criteria, Judge, check_judge, make_judge
-from actkit.evaluate.likelihood import Row, continuation_logprobs, encode, kl_on_continuations, likelihood_margins
+from actkit.evaluate.likelihood import (
+    Row,
+    continuation_logprobs,
+    encode,
+    kl_on_continuations,
+    likelihood_margins,
+)
 from actkit.evaluate.shift import random_control
 from actkit.steer.directions import train_vector
 from actkit.steer.layers import select_layers
