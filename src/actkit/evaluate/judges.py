@@ -321,29 +321,38 @@ def parse_scores(reply: str) -> Criteria | None:
     Accepts ``name: N`` lines (any case, with ``=``, ``-``, markdown bold or ``N/2``), or a JSON object
     ``{"concept": N, ...}`` anywhere in the reply. A score outside 0-2 or a missing criterion gives None.
     """
-    found: dict[str, int] = {}
-    match = re.search(r"\{[^{}]*\}", reply)
-    if match:
-        try:
-            obj = json.loads(match.group(0))
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            for key in CRITERIA:
-                value = obj.get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-                    found[key] = int(value)
-                elif isinstance(value, str) and value.strip().isdigit():
-                    found[key] = int(value.strip())
-    if len(found) < len(CRITERIA):
+    obj = _json_object(reply)
+    if obj is not None and any(key in obj for key in CRITERIA):
+        found = {key: _integer(obj.get(key)) for key in CRITERIA}
+    else:
         found = {}
         for key in CRITERIA:
-            hits = re.findall(rf"\b{key}\W{{0,4}}[:=\-]\W{{0,3}}(\d+)(?:\s*/\s*2)?", reply, flags=re.IGNORECASE)
-            if len(set(hits)) == 1:
-                found[key] = int(hits[0])
-    if len(found) < len(CRITERIA) or any(not 0 <= v <= 2 for v in found.values()):
+            hits = re.findall(rf"\b{key}\W{{0,4}}[:=\-]\W{{0,3}}(\d+)(?![\d.])(?:\s*/\s*2)?", reply,
+                              flags=re.IGNORECASE)
+            found[key] = int(hits[0]) if len(set(hits)) == 1 else None
+    if any(v is None or not 0 <= v <= 2 for v in found.values()):
         return None
-    return Criteria(found["concept"], found["instruction"], found["fluency"])
+    return Criteria(*(int(found[key]) for key in CRITERIA))  # type: ignore[arg-type]
+
+
+def _json_object(reply: str) -> dict[str, Any] | None:
+    match = re.search(r"\{[^{}]*\}", reply)
+    if not match:
+        return None
+    try:
+        obj = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _integer(value: Any) -> int | None:
+    """An integer score from JSON (``2``, ``2.0`` or ``"2"``), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
 @dataclass

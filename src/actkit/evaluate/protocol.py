@@ -35,6 +35,7 @@ from typing import Any
 from torch import nn
 
 from actkit.core.anatomy import Anatomy
+from actkit.core.collect import context_length
 from actkit.core.generate import generate
 from actkit.core.layers import resolve_layers
 from actkit.errors import ActkitError
@@ -180,11 +181,12 @@ class _Run:
         rows = []
         prefix = list(self.tokenizer(f"{instruction}\n\n")["input_ids"]) if instruction else None
         special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        limit = context_length(self.model)
         for text in self.reference:
             ctx, cont = encode(self.tokenizer, "", text)
             if prefix is not None:
                 ctx = prefix if ctx[0] in special else prefix + ctx
-            rows.append((ctx, cont))
+            rows.append((ctx, cont[:max(limit - len(ctx), 0)]))  # a long text is cut to the model's context
         logps = continuation_logprobs(self.model, rows, writes, batch_size=self.batch_size)
         count = sum(len(lp) for lp in logps)
         if count == 0:
