@@ -26,6 +26,7 @@ from actkit.cli_common import (
     ModelOption,
     bad_input,
     group,
+    show_progress,
     stderr,
     stdout,
 )
@@ -212,7 +213,8 @@ def _run_evaluation(model: str, inputs: dict[str, Any], concept: Any, judge: str
     kwargs = dict(layers=inputs["layers"], factors=inputs["factors"], judge=judge, embedder=embedder,
                   judge_model=judge_model, api_key=os.environ.get("OPENAI_API_KEY"),
                   reference=reference_texts(model, 16),
-                  log=None if as_json else (lambda line: console.print(Text(line, style="dim"), highlight=False)),
+                  log=(lambda line: console.print(Text(line, style="dim"), highlight=False))
+                  if show_progress(as_json) else None,
                   **options)
     return loaded, tokenizer, kwargs
 
