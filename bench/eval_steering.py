@@ -6,7 +6,8 @@ table: every method's test scores, its win rate against prompting, the chosen la
 `select_layers` ranks first. Bounded: --max-new-tokens, a factor grid of --factors and the ``auto`` layer grid.
 
     python bench/eval_steering.py [--runs toy-sentiment:rules toy-refusal:rules smol-sentiment:rules ...]
-                                  [--factors 0.1 0.2 0.4 0.8] [--max-new-tokens 16] [--out /tmp/actkit-eval]
+                                  [--factors 0.1 0.2 0.4 0.8] [--depths 0.25 0.4 0.55 0.7]
+                                  [--max-new-tokens 16] [--out /tmp/actkit-eval]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import actkit
 from actkit.builtin.corpus import eval_set
 from actkit.demo.steering import SENTIMENT_PROMPTS, TOPIC_PROMPTS, reference_texts
 from actkit.evaluate.judges import Concept, Embedder
-from actkit.evaluate.protocol import evaluate_steering
+from actkit.evaluate.protocol import AUTO_DEPTHS, evaluate_steering
 from actkit.steer.pairs import Pair, pairs_path, read_pairs
 
 SMOL = "smollm2-135m-instruct"
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["toy-sentiment:rules", "toy-refusal:rules"])
     parser.add_argument("--factors", nargs="+", type=float, default=[0.1, 0.2, 0.4, 0.8])
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--depths", nargs="+", type=float, default=list(AUTO_DEPTHS),
+                        help="Depths of the auto layer grid, beside the layer select_layers ranks first.")
     parser.add_argument("--out", default="/tmp/actkit-eval")
     args = parser.parse_args()
     out = Path(args.out)
@@ -102,7 +105,7 @@ def main() -> None:
         model, tokenizer = models[spec]
         items = read_pairs(pairs_path(pairs)) if isinstance(pairs, str) else pairs
         start = time.monotonic()
-        result = evaluate_steering(model, tokenizer, items, prompts(), concept, factors=args.factors, judge=judge,
+        result = evaluate_steering(model, tokenizer, items, prompts(), concept, factors=args.factors, depths=args.depths, judge=judge,
                                    embedder=embedder, reference=reference_texts(spec, 16),
                                    max_new_tokens=args.max_new_tokens, read_position=read_position,
                                    log=lambda line: print("  " + line, flush=True))

@@ -116,3 +116,30 @@ def test_an_unreachable_endpoint_fails_clearly_after_a_bounded_retry():
     with pytest.raises(ActkitError, match=r"failed 2 time\(s\); last: ConnectError"):
         judge.score(["p"], ["c"])
     assert time.monotonic() - start < 10
+
+
+def test_the_embed_judge_calibrates_its_thresholds_on_labelled_examples():
+    """A stand-in embedder: texts about cats point one way, others another; thresholds come from the pairs."""
+    import torch
+
+    from actkit.evaluate.judges import make_judge
+    from actkit.models.packaged import byte_tokenizer
+    from actkit.steer.pairs import Pair
+
+    from tiny import build
+
+    def embed(texts):
+        rows = [[1.0, 0.1 * len(t) % 1.0, 0.0] if "cat" in t else [0.0, 0.1 * len(t) % 1.0, 1.0] for t in texts]
+        return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float64), dim=-1)
+
+    tokenizer = byte_tokenizer()
+    model = build("llama")
+    model.resize_token_embeddings(len(tokenizer))
+    pairs = [Pair("my cat sleeps", "my car starts"), Pair("a cat purrs", "a bus stops")]
+    judge = make_judge("embed", Concept("cats", "Talk about cats."), model=model, tokenizer=tokenizer, pairs=pairs,
+                       prompts=["Tell me:", "Say:"], unsteered=[" something here", " more words"], embedder=embed)
+    concept = judge.calibration["concept"]
+    assert concept["low_mean"] < concept["one"] < concept["two"] < concept["high_mean"]
+    scores = judge.score(["Tell me:", "Tell me:", "Tell me:"], [" the cat naps", " the car parks", ""])
+    assert scores[0].concept == 2 and scores[1].concept == 0
+    assert scores[2] == Criteria(0, 0, 0)  # an empty continuation fails every criterion

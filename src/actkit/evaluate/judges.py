@@ -12,10 +12,10 @@ in every report). Three kinds, named as on the command line (`make_judge`):
 - ``embed``: the concept and the instruction by MiniLM-L6 sentence embeddings (mean-pooled, unit length). The
   concept score of a text is ``cos(e, mean of the positive pair texts) - cos(e, mean of the negative ones)``; its
   thresholds are calibrated on labelled examples, the pairs' texts: 1 from the midpoint between the negative and
-  the positive texts' mean scores, 2 from the positive texts' mean. The instruction score is ``cos(prompt,
-  continuation)``, calibrated on the unsteered model's continuations of the development prompts (matched: each
-  with its own prompt; unmatched: with the next prompt's): 1 from the midpoint, 2 from the matched mean. Fluency
-  from the likelihood.
+  the positive texts' mean scores, 2 from three quarters of the way to the positive mean. The instruction score
+  is ``cos(prompt, continuation)``, calibrated on the unsteered model's continuations of the development prompts
+  (matched: each with its own prompt; unmatched: with the next prompt's) in the same way. Fluency from the
+  likelihood.
 - ``openai:URL``: any OpenAI-compatible chat endpoint (``actkit serve``, vLLM, a hosted model) reads a rubric
   written for actkit and answers the three scores; replies are parsed robustly (`parse_scores`), a malformed reply
   or a failed request is retried a bounded number of times, then the judge stops with a clear error.
@@ -137,9 +137,10 @@ class Judge(Protocol):
 
 
 def _thresholds(low: Sequence[float], high: Sequence[float]) -> dict[str, float]:
-    """Thresholds from labelled examples: 1 from the midpoint of the two class means, 2 from the high mean."""
+    """Thresholds from labelled examples: 1 from the midpoint of the two class means, 2 from three quarters of the
+    way from the low mean to the high mean."""
     lo, hi = sum(low) / len(low), sum(high) / len(high)
-    return {"low_mean": lo, "high_mean": hi, "one": (lo + hi) / 2, "two": hi}
+    return {"low_mean": lo, "high_mean": hi, "one": (lo + hi) / 2, "two": lo + 0.75 * (hi - lo)}
 
 
 def _grade(value: float, t: dict[str, float]) -> int:

@@ -214,10 +214,10 @@ def choose(records: Sequence[dict[str, Any]], kl_budget: float | None = None) ->
     return max(allowed, key=lambda r: (r["harmonic"], -(r["factor"] or 0.0), -(r["layer"] or 0)))
 
 
-def candidate_layers(model: nn.Module, first: int) -> list[int]:
-    """The ``auto`` layer grid: blocks at `AUTO_DEPTHS` of the depth, and `first` (select_layers' best)."""
+def candidate_layers(model: nn.Module, first: int, depths: Sequence[float] = AUTO_DEPTHS) -> list[int]:
+    """The ``auto`` layer grid: blocks at `depths` (fractions of the depth), and `first` (select_layers' best)."""
     n = Anatomy.of(model).n_layers
-    return sorted({min(max(round(d * (n - 1)), 0), n - 1) for d in AUTO_DEPTHS} | {first})
+    return sorted({min(max(round(d * (n - 1)), 0), n - 1) for d in depths} | {first})
 
 
 def evaluate_steering(
@@ -229,6 +229,7 @@ def evaluate_steering(
     *,
     methods: Sequence[str] = METHODS,
     layers: Sequence[int] | None = None,
+    depths: Sequence[float] = AUTO_DEPTHS,
     factors: Sequence[float] = DEFAULT_FACTORS,
     judge: str = "rules",
     reference: Sequence[str] | None = None,
@@ -253,6 +254,7 @@ def evaluate_steering(
         concept: the concept (its name, the prompting baseline's instruction, the rules judge's rule).
         methods: some of `METHODS`.
         layers: the candidate blocks (None: ``auto``, see `candidate_layers`).
+        depths: with ``auto``, the depths (fractions of the block count) tried beside select_layers' best.
         factors: the relative factors tried (fractions of the mean residual norm at the layer).
         judge: ``rules``, ``embed`` or ``openai:URL`` (see `actkit.evaluate.judges`).
         reference: texts for the perplexity (default: the test prompts).
@@ -272,7 +274,8 @@ def evaluate_steering(
         per method, best test harmonic score first: ``method``, ``layer``, ``factor``, ``test``, ``likelihood``,
         ``win_rate_vs_prompt``, ``dev`` (every development record), ``examples``).
     """
-    return _evaluate(model, tokenizer, pairs, prompts, concept, methods=methods, layers=layers, factors=factors,
+    return _evaluate(model, tokenizer, pairs, prompts, concept, methods=methods, layers=layers, depths=depths,
+                     factors=factors,
                      judge=judge, reference=reference, seed=seed, dev_fraction=dev_fraction,
                      test_pair_fraction=test_pair_fraction, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      read_position=read_position, kl_budget=kl_budget, embedder=embedder, judge_model=judge_model,
@@ -288,6 +291,7 @@ def _evaluate(
     *,
     methods: Sequence[str] = METHODS,
     layers: Sequence[int] | None = None,
+    depths: Sequence[float] = AUTO_DEPTHS,
     factors: Sequence[float] = DEFAULT_FACTORS,
     judge: str = "rules",
     reference: Sequence[str] | None = None,
@@ -316,7 +320,7 @@ def _evaluate(
     train = [items[i] for i in train_idx]
     ranking, first = select_layers(model, tokenizer, train, seed=seed, read_position=read_position,
                                    batch_size=batch_size)
-    grid_layers = candidate_layers(model, first[0]) if layers is None else resolve_layers(model, list(layers))
+    grid_layers = candidate_layers(model, first[0], depths) if layers is None else resolve_layers(model, list(layers))
     dev_prompts, test_prompts = [prompts[i] for i in dev_idx], [prompts[i] for i in testp_idx]
     say(f"splits: {len(dev_prompts)} dev / {len(test_prompts)} test prompts, {len(train)} training / "
         f"{len(test_idx)} test pairs; layers {grid_layers}, factors {list(factors)}")
