@@ -7,7 +7,7 @@ table: every method's test scores, its win rate against prompting, the chosen la
 
     python bench/eval_steering.py [--runs toy-sentiment:rules toy-refusal:rules smol-sentiment:rules ...]
                                   [--factors 0.1 0.2 0.4 0.8] [--depths 0.25 0.4 0.55 0.7]
-                                  [--max-new-tokens 16] [--out /tmp/actkit-eval]
+                                  [--max-new-tokens 16] [--out /tmp/actkit-eval] [--table]
 """
 
 from __future__ import annotations
@@ -82,6 +82,33 @@ EXPERIMENTS: dict[str, tuple[str, Any, Any, Concept, str]] = {
 }
 
 
+def table(folder: Path) -> str:
+    """Markdown tables of every finished run in `folder` (what docs/evaluate.md shows)."""
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        first = r["select_layers"]["first"]
+        lines += [f"**{r['run']}** on `{r['model']}` ({r['wall_seconds']:.0f} s, {r['threads']} thread(s), torch "
+                  f"{r['torch']}): {r['split']['dev']} dev / {r['split']['test']} test prompts, "
+                  f"{r['split']['train_pairs']} / {r['split']['test_pairs']} pairs, layers {r['grid']['layers']}, "
+                  f"factors {r['grid']['factors']}, {r['grid']['max_new_tokens']} tokens; select_layers first: "
+                  f"{first}.", "",
+                  "| method | layer | factor | concept | instruction | fluency | harmonic | win vs prompt | KL | "
+                  "perplexity | margin |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for m in r["methods"]:
+            t = m["test"]
+            win = "-" if m["win_rate_vs_prompt"] is None else f"{m['win_rate_vs_prompt']:.2f}"
+            layer = "-" if m["layer"] is None else f"{m['layer']}" + (" (= first)" if m["layer"] == first else "")
+            lines.append(f"| {m['method']} | {layer} | {m['factor'] or '-'} | {t['concept']:.2f} | "
+                         f"{t['instruction']:.2f} | {t['fluency']:.2f} | {t['harmonic']:.3f} | {win} | "
+                         f"{t['kl']:.3f} | {t['perplexity']:.2f} | {m['likelihood']['mean']:.2f} |")
+        u = r["unsteered"]
+        lines += [f"| (unsteered) | - | - | {u['test']['concept']:.2f} | {u['test']['instruction']:.2f} | "
+                  f"{u['test']['fluency']:.2f} | {u['test']['harmonic']:.3f} | - | 0 | "
+                  f"{u['test']['perplexity']:.2f} | {u['likelihood']['mean']:.2f} |", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["toy-sentiment:rules", "toy-refusal:rules"])
@@ -90,8 +117,12 @@ def main() -> None:
     parser.add_argument("--depths", nargs="+", type=float, default=list(AUTO_DEPTHS),
                         help="Depths of the auto layer grid, beside the layer select_layers ranks first.")
     parser.add_argument("--out", default="/tmp/actkit-eval")
+    parser.add_argument("--table", action="store_true", help="Only print the tables of the runs in --out.")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.table:
+        print(table(out))
+        return
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, Any] = {}
     embedder = None
