@@ -182,8 +182,7 @@ def _floats(text: str, option: str) -> list[float]:
     return values
 
 
-def _evaluation_inputs(model: str, pairs: str, prompts: str, layers: str, factors: str, judge: str,
-                       dtype: str, device: str) -> dict[str, Any]:
+def _evaluation_inputs(pairs: str, prompts: str, layers: str, factors: str, judge: str) -> dict[str, Any]:
     """Read and check everything a steering evaluation needs, before any model runs."""
     from actkit.evaluate.judges import check_judge
     from actkit.evaluate.protocol import read_prompts
@@ -198,8 +197,8 @@ def _evaluation_inputs(model: str, pairs: str, prompts: str, layers: str, factor
     return {"pairs": items, "prompts": texts, "layers": chosen, "factors": grid}
 
 
-def _run_evaluation(model: str, inputs: dict[str, Any], concept: Any, judge: str, judge_model: str | None,
-                    dtype: str, device: str, as_json: bool, **options: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _run_evaluation(model: str, inputs: dict[str, Any], judge: str, judge_model: str | None, dtype: str,
+                    device: str, as_json: bool, **options: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Load the model (and MiniLM for the embed judge) and return (model, tokenizer, keyword arguments)."""
     import os
 
@@ -272,11 +271,11 @@ def steering_command(
             raise ActkitError("--max-new-tokens and --batch-size must be at least 1")
         if kl_budget is not None and not kl_budget > 0:
             raise ActkitError(f"--kl-budget must be a positive number of nats per token (got {kl_budget})")
-        inputs = _evaluation_inputs(model, pairs, prompts, layers, factors, judge, dtype, device)
+        inputs = _evaluation_inputs(pairs, prompts, layers, factors, judge)
         what = _concept(pairs, concept, instruction, rule, judge)
         check_writable(out, REPORT_FILES, overwrite=force)
         loaded, tokenizer, kwargs = _run_evaluation(
-            model, inputs, what, judge, judge_model, dtype, device, as_json, seed=seed, dev_fraction=dev_fraction,
+            model, inputs, judge, judge_model, dtype, device, as_json, seed=seed, dev_fraction=dev_fraction,
             kl_budget=kl_budget, max_new_tokens=max_new_tokens, read_position=read_position, batch_size=batch_size)
         result = evaluate_steering(loaded, tokenizer, inputs["pairs"], inputs["prompts"], what, methods=chosen,
                                    **kwargs)
@@ -340,10 +339,10 @@ def tune_command(
             raise ActkitError(f"--kl-budget must be a positive number of nats per token (got {kl_budget})")
         if max_new_tokens < 1:
             raise ActkitError("--max-new-tokens must be at least 1")
-        inputs = _evaluation_inputs(model, pairs, prompts, layers, factors, judge, dtype, device)
+        inputs = _evaluation_inputs(pairs, prompts, layers, factors, judge)
         what = _concept(pairs, concept, instruction or concept, rule, judge)
         check_output_file(out, overwrite=force)
-        loaded, tokenizer, kwargs = _run_evaluation(model, inputs, what, judge, judge_model, dtype, device, as_json,
+        loaded, tokenizer, kwargs = _run_evaluation(model, inputs, judge, judge_model, dtype, device, as_json,
                                                     seed=seed, max_new_tokens=max_new_tokens,
                                                     read_position=read_position)
         vector, result = tune_vector(loaded, tokenizer, inputs["pairs"], inputs["prompts"], what, method=method,
