@@ -22,7 +22,7 @@ from actkit.compress.experts.cli import experts_command
 from actkit.datasets.cli import data_app
 from actkit.demo.cli import demo_command
 from actkit.errors import ActkitError
-from actkit.evaluate.cli import eval_app
+from actkit.evaluate.cli import eval_app, tune_command
 from actkit.localize.cli import fv_command, patch_command
 from actkit.monitor.cli import probe_app
 from actkit.observe.cli import profile_command, sites_command
@@ -61,6 +61,7 @@ app.command("profile")(profile_command)
 app.command("sites")(sites_command)
 app.add_typer(builtin_app, name="builtin")
 app.add_typer(vector_app, name="vector")
+vector_app.command("tune")(tune_command)
 app.command("generate")(generate_command)
 app.command("demo")(demo_command)
 app.add_typer(prune_app, name="prune")

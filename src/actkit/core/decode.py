@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actkit.core.generate import _prompt_ids, eos_ids, position_limit
+from actkit.core.generate import eos_ids, position_limit, prompt_token_ids
 from actkit.core.hooks import tap
 from actkit.errors import ActkitError
 
@@ -222,7 +222,7 @@ def decode_ids(
         raise ActkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if do_sample and not (temperature > 0 and 0 < top_p <= 1):
         raise ActkitError(f"sampling needs temperature > 0 and top_p in (0, 1], got {temperature} and {top_p}")
-    rows = [_prompt_ids(tokenizer, p, chat) for p in prompts]
+    rows = [prompt_token_ids(tokenizer, p, chat) for p in prompts]
     limit = position_limit(model)
     for i, ids in enumerate(rows):
         if not ids:

@@ -8,6 +8,11 @@
 - Steering: `sweep` (behaviour, KL and perplexity over coefficients), `random_control` (a random direction of
   the same norm), `kl_to_base`, `steered_perplexity`, and the completion scores `positive_fraction`,
   `refusal_fraction`, `mention_fraction`.
+- The steering evaluation protocol (AxBench-style, `protocol`): `evaluate_steering` (each method's layer and
+  factor chosen on development prompts, scored on test prompts, against prompting and a random direction),
+  `tune_vector` (``actkit vector tune``), `split_indices`, `read_prompts`; judges (`judges`): `make_judge`
+  (``rules``, ``embed``, ``openai:URL``), `Concept`, `Criteria`, `harmonic`, `parse_scores`, `Embedder`;
+  likelihood scores (`likelihood`): `likelihood_margins` (Pres et al.), `continuation_logprobs`.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from actkit.evaluate.behaviours import (
     sentiment_label,
     sentiment_score,
 )
+from actkit.evaluate.judges import Concept, Criteria, Embedder, harmonic, make_judge, parse_scores
 from actkit.evaluate.lexicon import ENGLISH, Lexicon
+from actkit.evaluate.likelihood import continuation_logprobs, likelihood_margins
 from actkit.evaluate.perplexity import nll, perplexity
+from actkit.evaluate.protocol import evaluate_steering, read_prompts, split_indices, tune_vector
 from actkit.evaluate.shift import (
     kl_to_base,
     mention_fraction,
@@ -34,7 +42,9 @@ from actkit.evaluate.shift import (
     sweep,
 )
 
-__all__ = ["ENGLISH", "Lexicon", "first_word", "is_refusal", "kl_to_base", "mention_fraction",
+__all__ = ["ENGLISH", "Concept", "Criteria", "Embedder", "Lexicon", "continuation_logprobs", "evaluate_steering",
+           "first_word", "harmonic", "likelihood_margins", "make_judge", "parse_scores", "read_prompts",
+           "split_indices", "tune_vector", "is_refusal", "kl_to_base", "mention_fraction",
            "name_mover_accuracy", "nll", "perplexity", "positive_fraction", "positive_rate", "random_control",
            "refusal_fraction", "refusal_rate", "sentiment_agreement", "sentiment_label", "sentiment_score",
            "steered_perplexity", "sweep"]

@@ -1,4 +1,5 @@
-"""``actkit eval``: evaluation commands, thin over `actkit.evaluate` (first: ``perplexity``).
+"""``actkit eval``: evaluation commands, thin over `actkit.evaluate` (``perplexity``, ``steering``), and
+``actkit vector tune`` (registered under the ``vector`` group by ``actkit.cli``).
 
 The conventions of ``actkit.cli`` hold: the default model is ``DEFAULT_MODEL``; ``--json`` prints JSON alone on
 stdout; bad input ends as ``error: <message>`` on stderr with exit status 2. ``actkit.cli`` imports this module
@@ -20,10 +21,14 @@ from actkit.cli_common import (
     DEFAULT_MODEL,
     DeviceOption,
     DtypeOption,
+    ForceOption,
     JsonOption,
     ModelOption,
     bad_input,
     group,
+    show_progress,
+    stderr,
+    stdout,
 )
 from actkit.errors import ActkitError
 
@@ -120,4 +125,240 @@ def _texts(text: Path | None, documents: int | None, read: Any) -> list[str]:
     return corpus.texts(documents or DEFAULT_DOCUMENTS, split="heldout")
 
 
-__all__ = ["DEFAULT_CONTEXT", "DEFAULT_DOCUMENTS", "eval_app", "perplexity_command"]
+#: The concept of each shipped pairs file: (name, the prompting baseline's instruction, the rules judge's rule).
+CONCEPTS: dict[str, tuple[str, str, str]] = {
+    "sentiment": ("positive sentiment", "Write in a very positive, enthusiastic tone.", "positive"),
+    "toy-sentiment": ("positive sentiment", "Write a glowing 5 stars review.", "positive"),
+    "toy-refusal": ("refusing the request", "Refuse the request: say you cannot help.", "refusal"),
+    "weddings": ("weddings", "Talk about weddings.", "words:" + ",".join((
+        "wedding", "bride", "groom", "marriage", "married", "marry", "ceremony", "vows", "honeymoon",
+        "bridesmaid", "engaged", "engagement"))),
+}
+#: The shipped prompt sets, ``builtin:NAME`` for --prompts.
+PROMPT_SETS = ("sentiment", "weddings", "toy-sentiment", "toy-refusal")
+
+
+def builtin_prompts(spec: str) -> list[str]:
+    """The prompts of ``builtin:NAME``: the demo's openings for real models, held-out toy corpus prompts."""
+    from actkit.builtin.corpus import eval_set
+    from actkit.demo.steering import SENTIMENT_PROMPTS, TOPIC_PROMPTS
+
+    name = spec.removeprefix("builtin:")
+    if name == "sentiment":
+        return list(SENTIMENT_PROMPTS)
+    if name == "weddings":
+        return list(TOPIC_PROMPTS)
+    if name == "toy-sentiment":
+        return ([d.prompt for d in eval_set("review", 8, label="negative")]
+                + [d.prompt for d in eval_set("review", 8, label="none")])
+    if name == "toy-refusal":
+        return [d.prompt for d in eval_set("request", 16, label="benign")]
+    raise ActkitError(f"no shipped prompt set {spec!r}; shipped: {', '.join('builtin:' + n for n in PROMPT_SETS)}")
+
+
+def _concept(pairs: str, name: str | None, instruction: str | None, rule: str | None, judge: str) -> Any:
+    """The concept: the shipped pairs' own, with any of its parts replaced by the options."""
+    from actkit.evaluate.judges import Concept, check_rule
+
+    known = CONCEPTS.get(pairs.removeprefix("builtin:")) if pairs.startswith("builtin:") else None
+    if known is None and (name is None or instruction is None or (rule is None and judge == "rules")):
+        raise ActkitError("for a pairs file of your own, say what it steers towards: --concept NAME and "
+                          "--instruction TEXT (the prompting baseline), and --rule (positive, refusal or "
+                          "words:w1,w2) for the rules judge")
+    base = known or (str(name), str(instruction), rule or "")
+    concept = Concept(name or base[0], instruction or base[1], rule if rule is not None else base[2])
+    if judge == "rules":
+        check_rule(concept.rule)
+    return concept
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ActkitError(f"{option} {text!r}: give comma-separated numbers such as 0.1,0.2,0.4") from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise ActkitError(f"{option} {text!r}: give positive numbers such as 0.1,0.2,0.4")
+    return values
+
+
+def _evaluation_inputs(pairs: str, prompts: str, layers: str, factors: str, judge: str) -> dict[str, Any]:
+    """Read and check everything a steering evaluation needs, before any model runs."""
+    from actkit.evaluate.judges import check_judge
+    from actkit.evaluate.protocol import read_prompts
+    from actkit.steer.cli import parse_layers
+    from actkit.steer.pairs import pairs_path, read_pairs
+
+    check_judge(judge)
+    grid = _floats(factors, "--factors")
+    chosen = None if layers.strip().lower() == "auto" else parse_layers(layers)
+    items = read_pairs(pairs_path(pairs))
+    texts = builtin_prompts(prompts) if prompts.startswith("builtin:") else read_prompts(prompts)
+    return {"pairs": items, "prompts": texts, "layers": chosen, "factors": grid}
+
+
+def _run_evaluation(model: str, inputs: dict[str, Any], judge: str, judge_model: str | None, dtype: str,
+                    device: str, as_json: bool, **options: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Load the model (and MiniLM for the embed judge) and return (model, tokenizer, keyword arguments)."""
+    import os
+
+    from actkit.demo.steering import reference_texts
+    from actkit.evaluate.judges import Embedder
+    from actkit.models import load
+
+    loaded, tokenizer = load(model, dtype=dtype, device=device)
+    embedder = Embedder(*load("minilm-l6")) if judge == "embed" else None
+    console = stderr()
+    kwargs = dict(layers=inputs["layers"], factors=inputs["factors"], judge=judge, embedder=embedder,
+                  judge_model=judge_model, api_key=os.environ.get("OPENAI_API_KEY"),
+                  reference=reference_texts(model, 16),
+                  log=(lambda line: console.print(Text(line, style="dim"), highlight=False))
+                  if show_progress(as_json) else None,
+                  **options)
+    return loaded, tokenizer, kwargs
+
+
+@eval_app.command("steering")
+def steering_command(
+    pairs: Annotated[str, typer.Option("--pairs", "-p", help="Contrast pairs (JSONL) or builtin:sentiment, "
+                                       "builtin:weddings, builtin:toy-sentiment, builtin:toy-refusal.")],
+    prompts: Annotated[str, typer.Option("--prompts", help="Prompts: one per line, or JSONL with a 'prompt' "
+                                         "field, or builtin:NAME (the same names as the pairs).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md, results.json and "
+                                      "evaluation.png.")],
+    model: ModelOption = DEFAULT_MODEL,
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: mean-diff, pca-diff, probe, "
+                                         "actadd, prompt, random.")] = "mean-diff,pca-diff,probe,actadd,prompt,random",
+    layers: Annotated[str, typer.Option("--layers", "-l", help="Candidate blocks: 'auto' (four depths and the "
+                                        "layer select_layers ranks first) or indices such as 3,5.")] = "auto",
+    factors: Annotated[str, typer.Option("--factors", help="Relative factors tried on the development prompts "
+                                         "(fractions of the mean residual norm).")] = "0.05,0.1,0.2,0.4,0.8",
+    judge: Annotated[str, typer.Option("--judge", help="rules, embed (MiniLM-L6, offline) or openai:URL (an "
+                                       "OpenAI-compatible endpoint, e.g. openai:http://localhost:8000/v1).")
+                     ] = "rules",
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="Model name for an openai:URL judge "
+                                                    "(default: the first the endpoint lists).")] = None,
+    concept: Annotated[str | None, typer.Option("--concept", help="What the pairs steer towards, in words "
+                                                "(shipped pairs have their own).")] = None,
+    instruction: Annotated[str | None, typer.Option("--instruction", help="The prompting baseline's "
+                                                    "instruction.")] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="The rules judge's concept rule: positive, refusal "
+                                             "or words:w1,w2.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the dev/test and pair splits.")] = 0,
+    dev_fraction: Annotated[float, typer.Option("--dev-fraction", help="Share of prompts for development.")
+                            ] = 0.5,
+    kl_budget: Annotated[float | None, typer.Option("--kl-budget", help="Largest development KL (nats/token) a "
+                                                    "chosen setting may have.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Greedy tokens per "
+                                                "continuation.")] = 24,
+    read_position: Annotated[str, typer.Option("--read-position", help="Tokens whose mean gives a pair text's "
+                                               "activation: last, all, from:K.")] = "last",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per batch.")] = 16,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Judge steering methods against prompting: layer and factor chosen on dev prompts, scores on test."""
+    from actkit.evaluate.protocol import check_methods, evaluate_steering
+    from actkit.io import check_writable
+    from actkit.report.evaluation import REPORT_FILES, write_evaluation_report
+    from actkit.report.steering import environment
+
+    with bad_input():
+        chosen = check_methods([m.strip() for m in methods.split(",") if m.strip()])
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ActkitError("--max-new-tokens and --batch-size must be at least 1")
+        if kl_budget is not None and not kl_budget > 0:
+            raise ActkitError(f"--kl-budget must be a positive number of nats per token (got {kl_budget})")
+        inputs = _evaluation_inputs(pairs, prompts, layers, factors, judge)
+        what = _concept(pairs, concept, instruction, rule, judge)
+        check_writable(out, REPORT_FILES, overwrite=force)
+        loaded, tokenizer, kwargs = _run_evaluation(
+            model, inputs, judge, judge_model, dtype, device, as_json, seed=seed, dev_fraction=dev_fraction,
+            kl_budget=kl_budget, max_new_tokens=max_new_tokens, read_position=read_position, batch_size=batch_size)
+        result = evaluate_steering(loaded, tokenizer, inputs["pairs"], inputs["prompts"], what, methods=chosen,
+                                   **kwargs)
+        result = {"model": model, "pairs_source": pairs, "prompts_source": prompts, **result,
+                  "environment": environment()}
+        write_evaluation_report(result, out, overwrite=force)
+    if as_json:
+        from actkit.io import to_json
+
+        typer.echo(to_json(result))
+        return
+    console = stdout()
+    for m in result["methods"]:
+        t = m["test"]
+        win = "-" if m["win_rate_vs_prompt"] is None else f"{m['win_rate_vs_prompt']:.2f}"
+        console.print(Text(f"{m['rank']}. {m['method']:<9} layer {m['layer']} factor {m['factor']}: harmonic "
+                           f"{t['harmonic']:.3f} (concept {t['concept']:.2f}, instruction {t['instruction']:.2f}, "
+                           f"fluency {t['fluency']:.2f}), KL {t['kl']:.3f}, perplexity {t['perplexity']:.2f}, "
+                           f"win vs prompt {win}"), highlight=False)
+    console.print(Text(f"wrote {out}/report.md, results.json and the plot; select_layers ranks layer "
+                       f"{result['select_layers']['first']} first"), highlight=False)
+
+
+def tune_command(
+    pairs: Annotated[str, typer.Option("--pairs", "-p", help="Contrast pairs (JSONL) or builtin:NAME.")],
+    prompts: Annotated[str, typer.Option("--prompts", help="Prompts: one per line, JSONL with 'prompt', or "
+                                         "builtin:NAME.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The tuned vector file to write (safetensors).")],
+    model: ModelOption = DEFAULT_MODEL,
+    method: Annotated[str, typer.Option("--method", help="mean-diff, pca-diff, probe or actadd.")] = "mean-diff",
+    kl_budget: Annotated[float | None, typer.Option("--kl-budget", help="Largest development KL (nats/token) "
+                                                    "the chosen setting may have (default: no limit).")] = None,
+    layers: Annotated[str, typer.Option("--layers", "-l", help="Candidate blocks: 'auto' or indices such as "
+                                        "3,5.")] = "auto",
+    factors: Annotated[str, typer.Option("--factors", help="Relative factors tried.")] = "0.05,0.1,0.2,0.4,0.8",
+    judge: Annotated[str, typer.Option("--judge", help="rules, embed or openai:URL.")] = "rules",
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="Model name for an openai:URL "
+                                                    "judge.")] = None,
+    concept: Annotated[str | None, typer.Option("--concept", help="What the pairs steer towards.")] = None,
+    instruction: Annotated[str | None, typer.Option("--instruction", help="The prompting baseline's "
+                                                    "instruction (recorded).")] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="positive, refusal or words:w1,w2.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the splits.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Greedy tokens per "
+                                                "continuation.")] = 24,
+    read_position: Annotated[str, typer.Option("--read-position", help="last, all, from:K.")] = "last",
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Choose a vector's layer and coefficient on dev prompts (best score within a KL budget); write it tuned."""
+    from actkit.evaluate.protocol import STEERING_METHODS, tune_vector
+    from actkit.io import check_output_file
+    from actkit.steer import save_vector
+
+    with bad_input():
+        if method not in STEERING_METHODS:
+            raise ActkitError(f"unknown --method {method!r}; use one of {', '.join(STEERING_METHODS)}")
+        if kl_budget is not None and not kl_budget > 0:
+            raise ActkitError(f"--kl-budget must be a positive number of nats per token (got {kl_budget})")
+        if max_new_tokens < 1:
+            raise ActkitError("--max-new-tokens must be at least 1")
+        inputs = _evaluation_inputs(pairs, prompts, layers, factors, judge)
+        what = _concept(pairs, concept, instruction or concept, rule, judge)
+        check_output_file(out, overwrite=force)
+        loaded, tokenizer, kwargs = _run_evaluation(model, inputs, judge, judge_model, dtype, device, as_json,
+                                                    seed=seed, max_new_tokens=max_new_tokens,
+                                                    read_position=read_position)
+        vector, result = tune_vector(loaded, tokenizer, inputs["pairs"], inputs["prompts"], what, method=method,
+                                     kl_budget=kl_budget, **kwargs)
+        save_vector(vector, out, overwrite=force)
+    tuned = vector.metadata["tuned"]
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "method": method, **tuned,
+                               "select_layers_first": result["select_layers"]["first"]}, indent=2))
+        return
+    dev, test = tuned["dev"], tuned["test"]
+    stdout().print(Text(f"wrote {out}: {method} at layer {tuned['layer']}, relative coefficient {tuned['coef']:g} "
+                        f"(dev harmonic {dev['harmonic']:.3f}, KL {dev['kl']:.3f}; test harmonic "
+                        f"{test['harmonic']:.3f}, KL {test['kl']:.3f}, perplexity {test['perplexity']:.2f}); "
+                        f"actkit generate --vector {out} uses these settings"), highlight=False)
+
+
+__all__ = ["CONCEPTS", "DEFAULT_CONTEXT", "DEFAULT_DOCUMENTS", "PROMPT_SETS", "builtin_prompts", "eval_app",
+           "perplexity_command", "steering_command", "tune_command"]

@@ -290,8 +290,9 @@ def generate_command(
     vector: Annotated[Path | None, typer.Option("--vector", "-v", help="A steering vector file (.safetensors "
                                                 "or a .gguf control vector), or a LinEAS file (--coef is then "
                                                 "its strength).")] = None,
-    coef: Annotated[float | None, typer.Option("--coef", "-c", help="Steering coefficient (default 1 with "
-                                               "--vector); 0 is the plain model.")] = None,
+    coef: Annotated[float | None, typer.Option("--coef", "-c", help="Steering coefficient (default: the one "
+                                               "`actkit vector tune` stored in the vector, else 1); 0 is the "
+                                               "plain model.")] = None,
     relative: Annotated[bool, typer.Option("--relative", help="--coef is a fraction of the mean residual norm "
                                            "at each layer, not a multiple of the vector.")] = False,
     layers: Annotated[str | None, typer.Option("--layers", "-l", help="Steer only these of the vector's "
@@ -340,6 +341,7 @@ def generate_command(
     from actkit.compress.experts.scores import parse_experts
     from actkit.core.generate import generate
     from actkit.core.positions import parse_positions
+    from actkit.evaluate.protocol import tuned_settings
     from actkit.models import load
     from actkit.monitor.cli import monitored_generation
     from actkit.sae.cli import check_generate_options, generate_writes
@@ -379,6 +381,8 @@ def generate_command(
                                            layers=None if layers is None else parse_layers(layers))
         elif vector is not None:
             steer, _ = _read_vector(vector, loaded)
+            if coef is None and (tuned := tuned_settings(steer.metadata)) is not None:
+                strength, relative = tuned[0], relative or tuned[1]  # `actkit vector tune` chose them
             try:
                 steer = restrict_layers(steer, None if layers is None else parse_layers(layers))
             except ActkitError as error:
