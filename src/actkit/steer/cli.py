@@ -435,9 +435,7 @@ def _adaptive(model: Any, tokenizer: Any, prompts: list[str], steer: Any, dynami
               backtrack: str | None, coef: float | None, relative: bool,
               options: dict[str, Any]) -> tuple[list[str], dict[str, list[Any]]]:
     """``--dynamic`` and ``--backtrack`` of ``actkit generate``: texts, and per prompt what the method reports."""
-    import importlib
-
-    from actkit.steer.backtrack import backtrack_generate, vector_probe
+    from actkit.steer.backtrack import ProbeLike, backtrack_generate, vector_probe
     from actkit.steer.dynamic import dynamic_generate
 
     run = {k: options[k] for k in ("max_new_tokens", "chat", "do_sample", "temperature", "seed")}
@@ -455,10 +453,10 @@ def _adaptive(model: Any, tokenizer: Any, prompts: list[str], steer: Any, dynami
         raise ActkitError("--backtrack needs --vector: the steering applied after a backtrack")
     parts = backtrack.split(":")
     k = 4
+    probe: ProbeLike
     if Path(backtrack).is_file():
-        load_probe = getattr(importlib.import_module("actkit.monitor"), "load_probe", None)
-        if load_probe is None:
-            raise ActkitError("this actkit has no probe files (actkit.monitor.load_probe); use LAYER:above:T")
+        from actkit.monitor import load_probe
+
         probe, when = load_probe(backtrack, model), cast(Literal["above", "below"], "above")
     elif len(parts) in (3, 4) and parts[1] in ("above", "below"):
         try:
