@@ -287,3 +287,30 @@ def test_submit_refuses_bad_requests(toy) -> None:
 def test_a_model_whose_cache_cannot_be_packed_is_refused() -> None:
     with pytest.raises(ActkitError, match="sliding window of 4 tokens"):
         Engine(build("gemma3"), DecodingTokenizer())
+
+
+def test_folded_adds_fail_only_their_rows_and_hooks_go_when_the_batch_empties(toy) -> None:
+    """Rows whose vectors do not fit the site fail in the decode step (their adds are folded together, or kept
+    apart when the rows disagree on the width); the others equal their runs alone; an idle engine holds no hooks."""
+    model, tok = toy
+    g = torch.Generator().manual_seed(5)
+    good = {"resid_post.1": actkit.Add(torch.randn(256, generator=g) * 4)}
+    narrow = [actkit.Add(torch.randn(128, generator=g), positions=Generated()) for _ in range(3)]
+    writes: list[dict[str, Any] | None] = [good, {"resid_post.2": narrow[0]}, {"resid_post.2": narrow[1]}, None,
+                                           {"resid_post.1": narrow[2]}]
+    engine = Engine(model, tok, max_batch=8)
+    streams = [engine.submit(GenerationRequest(_ids(tok, p), 5, writes=w, eos_token_ids=frozenset()))
+               for p, w in zip(PROMPTS, writes, strict=False)]
+    engine.start()
+    results = [_run(s) for s in streams]
+    for i in (1, 2, 4):
+        tokens, end = results[i]
+        assert end.reason == "error" and end.error is not None and "size 128" in end.error and len(tokens) == 1
+    for i in (0, 3):
+        assert results[i][0] == generate_ids(model, tok, [PROMPTS[i]], writes=writes[i], max_new_tokens=5,
+                                             eos_token_id=-1)[0]
+    deadline = time.monotonic() + 10
+    while not _no_hooks(model) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _no_hooks(model)  # the engine is still running, with no rows
+    engine.shutdown()

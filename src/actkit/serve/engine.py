@@ -8,10 +8,13 @@ per row, and removes the rows that finished (EOS, ``max_new_tokens``, cancel, er
 The batch's KV cache is one left-padded `DynamicCache`; it is re-packed (each row's keys and values left-padded to
 the longest, concatenated along the batch) only when rows join or leave. Every decode step passes the attention
 mask (zeros on padding) and explicit position ids (each row's count of real tokens), so a row's attention and
-positions are those it would have alone. A request's writes are built for one row; at each forward they are
-restricted to that request's row (`OnRows`) and applied through `tap` with each row's prompt length, so
-``Prompt()`` and ``Generated()`` mean what they mean in `actkit.generate`. An exception raised by one request's
-write ends that request (``Finished(reason="error")``) and leaves the other rows of the same forward untouched.
+positions are those it would have alone. A request's writes are built for one row; when the batch's rows change
+they are restricted to that request's row and registered through `tap` with each row's prompt length (so
+``Prompt()`` and ``Generated()`` mean what they mean in `actkit.generate`), and the hooks stay registered for the
+decode steps until the rows change again. The rows' plain adds at a site (steering vectors) are folded into one
+add of a (rows, d) vector with per-row coefficients and position spans, each row computed exactly as its own
+`Add`; any other write is restricted to its row with `OnRows`. An exception raised by one request's write ends
+that request (``Finished(reason="error")``) and leaves the other rows of the same forward untouched.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,8 +38,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingW
 from actkit.core.anatomy import Anatomy
 from actkit.core.generate import eos_ids, position_limit
 from actkit.core.hooks import READ_ONLY, tap
-from actkit.core.interventions import Intervention, OnRows
-from actkit.core.positions import Positions, StepContext
+from actkit.core.interventions import Add, Intervention, OnRows
+from actkit.core.positions import All, From, Generated, Last, Positions, Prompt, StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
@@ -181,6 +185,113 @@ class _Guarded(Intervention):
         return self.inner.edit(x, ctx)
 
 
+_FAR = 2**62
+#: The position rules a folded add turns into one span [lo, hi) of absolute positions per row (exact types only:
+#: a subclass may select otherwise).
+_SPANS: dict[type[Positions], Callable[[Positions, int], tuple[int, int]]] = {
+    All: lambda p, n: (0, _FAR),
+    Prompt: lambda p, n: (0, n),
+    Generated: lambda p, n: (n, _FAR),
+    Last: lambda p, n: (n - 1, n),
+    From: lambda p, n: (cast(From, p).start, _FAR),
+}
+
+
+class _Spans(Positions):
+    """Per row, the tokens at absolute positions in [lo, hi): the rows' rules of a folded add in one comparison."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor):
+        self.lo = lo[:, None]
+        self.hi = hi[:, None]
+
+    def select(self, ctx: StepContext) -> torch.Tensor:
+        return (ctx.positions >= self.lo) & (ctx.positions < self.hi)
+
+
+class _Fold(Add):
+    """The k-th `Add` of several rows at one site, as ONE add of a (B, d) vector with (B,) coefficients: each row
+    gets ``x + coef * vector`` at its own positions, computed exactly as its own `Add` computes it, and the other
+    rows keep their values bit for bit. If it raises, all its rows fail and keep their values."""
+
+    def __init__(self, vector: torch.Tensor, coef: torch.Tensor, spans: _Spans, rows: list[_Row]):
+        super().__init__(vector, coef, spans)
+        self.rows = rows
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        try:
+            return super().__call__(x, mask, ctx)
+        except Exception as error:
+            for row in self.rows:
+                row.fail(error)
+            return x
+
+
+def _foldable(value: Intervention) -> tuple[torch.Tensor, float | torch.Tensor, Positions] | None:
+    """(vector (d,), coefficient, positions) of a plain one-row `Add` whose positions are a span rule, else None."""
+    if type(value) is not Add or type(value.positions) not in _SPANS:
+        return None
+    vector, coef = value.vector, value.coef
+    if not isinstance(vector, torch.Tensor) or not (vector.dim() == 1 or (vector.dim() == 2 and vector.shape[0] == 1)):
+        return None
+    if isinstance(coef, torch.Tensor):
+        if coef.numel() != 1 or coef.dim() > 1:
+            return None
+    elif isinstance(coef, bool) or not isinstance(coef, (int, float)):
+        return None
+    return vector.reshape(-1), coef, value.positions
+
+
+def _only(rows: int, i: int) -> torch.Tensor:
+    out = torch.zeros(rows, dtype=torch.bool)
+    out[i] = True
+    return out
+
+
+def _batch_writes(rows: list[_Row], dtype: torch.dtype, device: torch.device) -> dict[str, list[Intervention]]:
+    """The writes of a batch, each row's restricted to it.
+
+    At each site, the rows whose writes there are all plain adds are folded into one `_Fold` per rank (their first
+    adds, their second adds, ...), built in the model's `dtype`; any other row keeps its own writes there, each
+    restricted to its row (`OnRows`). Rows touch disjoint rows of the activation, so the order between rows does
+    not matter; within a row, its writes keep their order.
+    """
+    by_site: dict[str, list[tuple[int, list[Intervention]]]] = {}
+    for i, row in enumerate(rows):
+        mine: dict[str, list[Intervention]] = {}
+        for site, values in row.writes:
+            mine.setdefault(site, []).extend(values)
+        for site, values in mine.items():
+            by_site.setdefault(site, []).append((i, values))
+    writes: dict[str, list[Intervention]] = {}
+    for site, entries in by_site.items():
+        out = writes.setdefault(site, [])
+        folded: list[tuple[int, list[tuple[torch.Tensor, float | torch.Tensor, Positions]]]] = []
+        loose: list[tuple[int, list[Intervention]]] = []
+        for i, values in entries:
+            adds = [_foldable(v) for v in values]
+            if all(a is not None for a in adds):
+                folded.append((i, [a for a in adds if a is not None]))
+            else:
+                loose.append((i, values))
+        if len({(v.shape[0], v.dtype) for _, adds in folded for v, _, _ in adds}) > 1:
+            loose = entries  # the rows disagree on the site's width: each succeeds or fails on its own
+            folded = []
+        for i, values in loose:
+            out.extend(_Guarded(OnRows(v, _only(len(rows), i)), rows[i]) for v in values)
+        for rank in range(max((len(adds) for _, adds in folded), default=0)):
+            members = [(i, adds[rank]) for i, adds in folded if len(adds) > rank]
+            vector = torch.zeros(len(rows), members[0][1][0].shape[0], dtype=dtype, device=device)
+            coef = torch.zeros(len(rows), dtype=dtype, device=device)
+            lo = torch.zeros(len(rows), dtype=torch.long)
+            hi = torch.zeros(len(rows), dtype=torch.long)
+            for i, (v, c, p) in members:
+                vector[i] = v
+                coef[i] = float(c)
+                lo[i], hi[i] = _SPANS[type(p)](p, rows[i].prompt_len)
+            out.append(_Fold(vector, coef, _Spans(lo.to(device), hi.to(device)), [rows[i] for i, _ in members]))
+    return writes
+
+
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -232,7 +343,8 @@ class Engine:
             raise ActkitError(f"{type(model).__name__} does not state its context length (max_position_embeddings); "
                               "the engine needs it to refuse prompts that do not fit")
         self._limit = limit
-        self._device = next(model.parameters()).device
+        first = next(model.parameters())
+        self._device, self._dtype = first.device, first.dtype
         self.tokenizer = tokenizer
         self._eos = frozenset(eos_ids(model, None))
         get_embeddings = getattr(model, "get_input_embeddings", None)
@@ -248,8 +360,8 @@ class Engine:
         self._deadline = math.inf
         self._thread: threading.Thread | None = None
         self._active: list[_Row] = []  # touched by the loop thread only, like the cache
-        self._writes_rows: list[_Row] = []  # the rows `_writes` was built for
-        self._writes: tuple[dict[str, list[Intervention]], torch.Tensor] = ({}, torch.zeros(0))
+        self._hooks = ExitStack()  # the batch's write hooks, registered while its rows stay the same
+        self._writes_rows: list[_Row] = []  # the rows they were built for
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
 
@@ -371,6 +483,7 @@ class Engine:
         for row in self._active:
             self._finish(row, "cancelled")
         self._release(list(range(len(self._active))))
+        self._close_writes()
         self._cancel_waiting()
 
     def _step(self) -> None:
@@ -384,6 +497,7 @@ class Engine:
                 row.fail(error)
                 self._finish(row, "error")
             self._release(list(range(len(self._active))))
+            self._close_writes()
 
     def _cancel_waiting(self) -> None:
         with self._cond:
@@ -466,7 +580,7 @@ class Engine:
             self._cache_arg: self._cache, "use_cache": True}
         if self._keep_last:
             inputs["logits_to_keep"] = 1
-        out = self._forward(rows, inputs)
+        out = self._forward(rows, inputs, batch=True)
         self._mask = mask
         done = []
         for i, row in enumerate(rows):
@@ -477,31 +591,36 @@ class Engine:
         ended = self._sample([rows[i] for i in live], out.logits[live, -1])
         self._release(sorted(done + [live[j] for j in ended]))
 
-    def _forward(self, rows: list[_Row], inputs: dict[str, Any]) -> Any:
-        """One forward of the batch `rows`, each row's writes restricted to it."""
-        writes, lengths = self._batch_writes(rows)
+    def _forward(self, rows: list[_Row], inputs: dict[str, Any], *, batch: bool = False) -> Any:
+        """One forward of `rows` (the batch, or one row's prefill), each row's writes restricted to it. The
+        batch's hooks stay registered from step to step while its rows stay the same."""
+        steered = any(row.writes for row in rows)
+        if batch and steered:
+            self._hold_writes(rows)
+        else:
+            self._close_writes()
         with torch.inference_mode():
-            if not writes:
+            if batch or not steered:
                 return self.model(**inputs)
-            with tap(self.model, write=writes, prompt_lengths=lengths):
+            with tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
+                     prompt_lengths=torch.tensor([r.prompt_len for r in rows], device=self._device)):
                 return self.model(**inputs)
 
-    def _batch_writes(self, rows: list[_Row]) -> tuple[dict[str, list[Intervention]], torch.Tensor]:
-        """The batch's writes (each row's restricted to it) and prompt lengths: built when the rows change, not at
-        every decode step."""
+    def _hold_writes(self, rows: list[_Row]) -> None:
+        """Register the hooks of the batch `rows` unless they are registered already."""
         held = self._writes_rows  # held, not their ids: a freed row's id may be reused by a new row
-        if len(held) != len(rows) or any(a is not b for a, b in zip(held, rows, strict=False)):
-            writes: dict[str, list[Intervention]] = {}
-            for i, row in enumerate(rows):
-                if not row.writes:
-                    continue
-                only = torch.zeros(len(rows), dtype=torch.bool)
-                only[i] = True
-                for site, values in row.writes:
-                    writes.setdefault(site, []).extend(_Guarded(OnRows(v, only), row) for v in values)
-            lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
-            self._writes_rows, self._writes = list(rows), (writes, lengths)
-        return self._writes
+        if len(held) == len(rows) and all(a is b for a, b in zip(held, rows, strict=True)):
+            return
+        self._close_writes()
+        lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
+        self._hooks.enter_context(tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
+                                      prompt_lengths=lengths))
+        self._writes_rows = list(rows)
+
+    def _close_writes(self) -> None:
+        """Remove the batch's hooks (before a prefill, when the batch empties, at the end)."""
+        self._hooks.close()
+        self._writes_rows = []
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Pick and send each row's next token from its (V,) logits; returns the indices of the rows that ended."""
@@ -566,6 +685,7 @@ class Engine:
         self._active = [self._active[i] for i in keep]
         if not keep or self._cache is None or self._mask is None:
             self._cache = self._mask = None
+            self._close_writes()
             return
         index = torch.tensor(keep, device=self._device)
         mask = self._mask[index]
