@@ -38,6 +38,8 @@ MAX_BODY = 4 * 1024 * 1024
 POLL_S = 0.25
 
 Disconnected = Callable[[], Awaitable[bool]]
+#: A prompt's log-probabilities as the engine gives them: per token, its own and the top alternatives.
+Scores = list[tuple[float | None, dict[int, float]]]
 
 
 @dataclass
@@ -62,6 +64,11 @@ class Output:
 
     def text(self) -> str:
         return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def keep(self, token: Token) -> None:
+        """Add a token whose text nobody waits for (a whole reply without stop strings: decoded once, at the end)."""
+        self.ids.append(token.id)
+        self.tokens.append(token)
 
     def push(self, token: Token) -> str:
         """Add a token; the text that is now safe to send (held back: a possible start of a stop string, or an
@@ -108,22 +115,26 @@ class Output:
 
 
 async def events(stream: Stream, disconnected: Disconnected) -> AsyncIterator[Token | Finished]:
-    """The engine stream's events, waited for off the event loop; cancels it if the client goes away or the
-    consumer stops early (a stop string, an error)."""
+    """The engine stream's events, waited for off the event loop; cancels it if the client goes away (checked at
+    least every `POLL_S` seconds) or the consumer stops early (a stop string, an error)."""
     done = False
+    checked = time.monotonic()
     try:
         while True:
             try:
-                event = await asyncio.to_thread(stream.get, POLL_S)
+                batch = await asyncio.to_thread(stream.drain, POLL_S)  # one thread hop for all tokens ready
             except queue.Empty:
+                batch = []
+            if not batch or time.monotonic() - checked > POLL_S:  # also while tokens flow
                 if await disconnected():
                     return
-                continue
-            if isinstance(event, Finished):
-                done = True
-            yield event
-            if done:
-                return
+                checked = time.monotonic()
+            for event in batch:
+                if isinstance(event, Finished):
+                    done = True
+                yield event
+                if done:
+                    return
     finally:
         if not done:
             stream.cancel()
@@ -211,18 +222,18 @@ class Server:
         ranked = sorted((alternatives or {}).items(), key=lambda kv: -kv[1])[:max(k, 1)]
         return {self.piece(t): float(v) for t, v in ranked}
 
-    def completion_logprobs(self, tokens: list[Token], k: int, echo: tuple[list[int], Finished] | None
-                            ) -> dict[str, Any]:
-        """OpenAI's legacy logprobs object; with `echo`, the prompt's tokens first (the first one's null)."""
+    def completion_logprobs(self, tokens: list[Token], k: int, prompt: tuple[list[int], Scores | None] | None = None,
+                            offset: int = 0) -> dict[str, Any]:
+        """OpenAI's legacy logprobs object; with `prompt` (its ids and their scores), the prompt's tokens first
+        (the first one's null). Text offsets count from `offset` (a stream's text sent so far)."""
         out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         rows: list[tuple[int, float | None, dict[str, float] | None]] = []
-        if echo is not None:
-            ids, finished = echo
-            scores = finished.prompt_logprobs or [(None, {})] * len(ids)
-            for i, (t, (lp, alts)) in enumerate(zip(ids, scores, strict=False)):
+        if prompt is not None:
+            ids, scores = prompt
+            for i, (t, (lp, alts)) in enumerate(zip(ids, scores or [(None, {})] * len(ids), strict=False)):
                 rows.append((t, lp, None if i == 0 else self.top(alts, k)))
         rows += [(t.id, t.logprob, self.top(t.top_logprobs, k)) for t in tokens]
-        position = 0
+        position = offset
         for t, lp, top in rows:
             piece = self.piece(t)
             out["tokens"].append(piece)
@@ -315,8 +326,8 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                                code="method_not_allowed"))
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", **engine.load()}
 
     @app.get("/v1/models", dependencies=auth)
     async def models() -> dict[str, Any]:
@@ -346,7 +357,7 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
         requests = [GenerationRequest(prompt_ids=ids, max_new_tokens=n, temperature=body.temperature,
                                       top_p=body.top_p, seed=body.seed, writes=writes,
                                       prompt_logprobs=k if scoring else None, logprobs=body.logprobs,
-                                      eos_token_ids=frozenset() if scoring and n <= 1 else None)
+                                      eos_token_ids=frozenset() if body.ignore_eos or (scoring and n <= 1) else None)
                     for ids, n in zip(rows, max_new, strict=True)]
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         texts = [p if isinstance(p, str) else server.tokenizer.decode(p) for p in prompts]
@@ -364,17 +375,27 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                 try:
                     for i, stream in enumerate(streams):
                         out = Output(server.tokenizer, stops)
-                        if body.echo:
+                        offset = 0  # of the logprobs' text, as in the whole reply
+                        echo = body.echo  # the prompt still to send: at once, or with the first event's scores
+                        if echo and not scoring:
                             yield _sse(chunk(i, texts[i], None))
+                            echo = False
                         async for event in events(stream, request.is_disconnected):
+                            if echo:  # the first chunk carries the prompt's log-probabilities, as vLLM's does
+                                scores = server.completion_logprobs([], k, (rows[i], event.prompt_logprobs))
+                                offset = _end(scores, offset)
+                                yield _sse(chunk(i, texts[i], None, scores))
+                                echo = False
                             if isinstance(event, Finished):
                                 out.finished = event
                                 totals[0] += event.prompt_tokens
                                 totals[1] += event.completion_tokens
                                 break
                             text = out.push(event)
-                            lp = (server.completion_logprobs([event], k, None) if body.logprobs is not None
-                                  else None)
+                            lp: dict[str, Any] | None = None
+                            if body.logprobs is not None:
+                                lp = server.completion_logprobs([event], k, offset=offset)
+                                offset = _end(lp, offset)
                             if text or lp:
                                 yield _sse(chunk(i, text, None, lp))
                             if out.stopped:
@@ -405,7 +426,8 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                 text = out.text()[:out.sent] if out.stopped else out.text()
                 lp = None
                 if body.logprobs is not None:
-                    lp = server.completion_logprobs(out.kept_tokens(), k, (rows[i], finished) if scoring else None)
+                    lp = server.completion_logprobs(out.kept_tokens(), k,
+                                                    (rows[i], finished.prompt_logprobs) if scoring else None)
                 choices.append({"index": i, "text": (texts[i] if body.echo else "") + text, "logprobs": lp,
                                 "finish_reason": out.reason()})
         finally:
@@ -426,7 +448,8 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
         logprobs = k if body.logprobs else None
         stream = server.submit(GenerationRequest(prompt_ids=ids, max_new_tokens=max_new,
                                                  temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                                                 writes=writes, logprobs=logprobs))
+                                                 writes=writes, logprobs=logprobs,
+                                                 eos_token_ids=frozenset() if body.ignore_eos else None))
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None, lp: Any = None) -> dict[str, Any]:
@@ -487,12 +510,22 @@ async def _collect(stream: Stream, out: Output, disconnected: Disconnected, prom
         if isinstance(event, Finished):
             out.finished = event
             break
+        if not out.stops:
+            out.keep(event)
+            continue
         out.push(event)
         if out.stopped:
             break
     if out.stopped and out.finished is None:
         out.finished = Finished("stop", prompt_tokens, len(out.tokens))
     return out
+
+
+def _end(logprobs: dict[str, Any], start: int) -> int:
+    """The text offset just past a legacy logprobs object's last token (`start` when it has none)."""
+    if not logprobs["tokens"]:
+        return start
+    return int(logprobs["text_offset"][-1]) + len(logprobs["tokens"][-1])
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

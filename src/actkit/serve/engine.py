@@ -73,11 +73,13 @@ class GenerationRequest:
 
 @dataclass
 class Token:
-    """One generated token (an EOS token ends the stream and is not sent as a Token)."""
+    """One generated token (an EOS token ends the stream and is not sent as a Token). The first token of a request
+    that asked for ``prompt_logprobs`` carries them too (as `Finished` does), so a stream can send them first."""
 
     id: int
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
+    prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
 
 
 @dataclass
@@ -108,6 +110,17 @@ class Stream:
     def get(self, timeout: float | None = None) -> Token | Finished:
         """The next event; `queue.Empty` after `timeout` seconds without one."""
         return self._events.get(timeout=timeout)
+
+    def drain(self, timeout: float | None = None) -> list[Token | Finished]:
+        """The next event and every one already queued behind it (up to the `Finished`); `queue.Empty` after
+        `timeout` seconds without one. One wait for many tokens: what a consumer on another thread wants."""
+        events = [self._events.get(timeout=timeout)]
+        while not isinstance(events[-1], Finished):
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        return events
 
     def cancel(self) -> None:
         """End the request before its next step (a client disconnect, a stop string); its row is freed."""
@@ -419,6 +432,11 @@ class Engine:
             self._cond.notify()
         return stream
 
+    def load(self) -> dict[str, int]:
+        """How many requests are being decoded (``running``) and queued (``waiting``) now."""
+        with self._cond:
+            return {"running": len(self._active), "waiting": len(self._waiting)}
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop accepting; let active and queued requests finish within `timeout` seconds, cancel the rest, and
         join the thread (which returns after the step running at the deadline)."""
@@ -634,7 +652,7 @@ class Engine:
                 self._finish(row, "stop")
                 ended.append(i)
                 continue
-            event = Token(token)
+            event = Token(token, prompt_logprobs=row.prompt_logprobs if row.generated == 0 else None)
             if request.logprobs is not None:
                 logprobs = torch.log_softmax(logits[i], dim=-1)
                 event.logprob = float(logprobs[token])

@@ -79,6 +79,7 @@ class _Sampling(_Strict):
     presence_penalty: StrictFloat = Field(0.0, ge=0.0, le=0.0)  # not implemented: only the neutral 0
     frequency_penalty: StrictFloat = Field(0.0, ge=0.0, le=0.0)
     logit_bias: dict[str, Any] | None = Field(None, max_length=0)
+    ignore_eos: StrictBool = False  # vLLM's: generate max_tokens tokens, past any end-of-sequence token
     steer: list[Any] | None = None
     vllm_xargs: dict[StrictStr, StrictStr | StrictInt | StrictFloat] | None = None
 
