@@ -23,6 +23,7 @@ from actkit.demo.cli import demo_command
 from actkit.errors import ActkitError
 from actkit.evaluate.cli import eval_app
 from actkit.localize.cli import patch_command
+from actkit.monitor.cli import probe_app
 from actkit.observe.cli import profile_command, sites_command
 from actkit.serve.cli import serve_command
 from actkit.steer.cli import generate_command, vector_app
@@ -64,6 +65,7 @@ app.add_typer(prune_app, name="prune")
 prune_app.command("experts")(experts_command)
 app.add_typer(eval_app, name="eval")
 app.command("patch")(patch_command)
+app.add_typer(probe_app, name="probe")
 app.command("serve")(serve_command)
 
 def main() -> None:

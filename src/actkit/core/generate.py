@@ -25,7 +25,8 @@ from actkit.core.hooks import tap
 from actkit.errors import ActkitError
 
 
-def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
+def prompt_token_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
+    """The token ids `generate` feeds for `prompt` (with the chat template's user turn when `chat`)."""
     if not chat:
         return list(tokenizer(prompt)["input_ids"])
     template = getattr(tokenizer, "apply_chat_template", None)
@@ -89,6 +90,7 @@ def generate_ids(
     prompts: Sequence[str],
     *,
     writes: Mapping[str, Any] | None = None,
+    reads: Mapping[str, Any] | None = None,
     max_new_tokens: int = 32,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -98,7 +100,12 @@ def generate_ids(
     batch_size: int | None = None,
     eos_token_id: int | Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Like `generate`, but returns the generated token ids of each prompt, cut before the first EOS."""
+    """Like `generate`, but returns the generated token ids of each prompt, cut before the first EOS.
+
+    `reads` (site -> sink, as ``tap(read=...)`` takes) see every pass of the generation: the prefill and each
+    KV-cache decode step; their context's ``documents`` is each row's index in `prompts` (across batches), and its
+    ``positions`` count real tokens, so a sink can place each value at (prompt, position) whatever the padding.
+    """
     if isinstance(prompts, str):
         raise ActkitError("prompts must be a list of strings, not one string")
     if not prompts:
@@ -107,7 +114,7 @@ def generate_ids(
         raise ActkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if batch_size is not None and batch_size < 1:
         raise ActkitError(f"batch_size must be at least 1, got {batch_size}")
-    rows = [_prompt_ids(tokenizer, p, chat) for p in prompts]
+    rows = [prompt_token_ids(tokenizer, p, chat) for p in prompts]
     limit = position_limit(model)
     for i, ids in enumerate(rows):
         if not ids:
@@ -153,7 +160,8 @@ def generate_ids(
                 input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
                 attention[r, width - len(ids):] = 1
             watch = _Degeneration()
-            with torch.inference_mode(), tap(model, write=writes or {}):
+            with torch.inference_mode(), tap(model, read=reads or {}, write=writes or {}) as state:
+                state.documents = torch.arange(first, first + len(chunk), device=device)
                 out = runner.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                      generation_config=config, logits_processor=[watch])
             degenerate += [first + r for r in watch.rows()]
@@ -171,6 +179,7 @@ def generate(
     prompts: Sequence[str],
     *,
     writes: Mapping[str, Any] | None = None,
+    reads: Mapping[str, Any] | None = None,
     max_new_tokens: int = 32,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -188,6 +197,8 @@ def generate(
         prompts: the prompts.
         writes: site -> intervention(s), e.g. ``vector.to_intervention(coef=4)`` or `combine` of several; None
             for the plain model. A fresh `tap` is opened for this call only.
+        reads: site -> sink(s) that see the prefill and every decode step, at no extra forward pass (see
+            `generate_ids`; `actkit.monitor` scores each token on probes this way).
         max_new_tokens: tokens to generate at most per prompt.
         do_sample: sample instead of greedy decoding.
         temperature, top_p: sampling parameters (ignored when greedy).
@@ -208,10 +219,10 @@ def generate(
     decode = getattr(tokenizer, "decode", None)
     if decode is None:
         raise ActkitError(f"{type(tokenizer).__name__} cannot decode token ids; give the model's tokenizer")
-    ids = generate_ids(model, tokenizer, prompts, writes=writes, max_new_tokens=max_new_tokens,
+    ids = generate_ids(model, tokenizer, prompts, writes=writes, reads=reads, max_new_tokens=max_new_tokens,
                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, chat=chat,
                        batch_size=batch_size, eos_token_id=eos_token_id)
     return [decode(row, skip_special_tokens=True) for row in ids]
 
 
-__all__ = ["eos_ids", "generate", "generate_ids", "position_limit"]
+__all__ = ["eos_ids", "generate", "generate_ids", "position_limit", "prompt_token_ids"]

@@ -257,12 +257,15 @@ def generate_command(
         "--activation-sparsity", help="Zero small entries of every projection's input while generating: teal:S "
         "(thresholds calibrated on built-in training text), wina:S or wina-code:S, S in [0, 1). One prompt on "
         "CPU takes the sparse decode path.")] = None,
+    monitor: Annotated[list[Path] | None, typer.Option("--monitor", help="A probe file: print each generated "
+                                                       "token's score on it (repeat for several).")] = None,
 ) -> None:
     """Generate a continuation of each prompt, optionally steered by a vector (greedy unless --sample)."""
     from actkit.compress.experts.scores import parse_experts
     from actkit.core.generate import generate
     from actkit.core.positions import parse_positions
     from actkit.models import load
+    from actkit.monitor.cli import monitored_generation
     from actkit.steer import restrict_layers, steering_writes
 
     with bad_input():
@@ -300,6 +303,9 @@ def generate_command(
                                        temperature=1.0 if temperature is None else temperature,
                                        top_p=1.0 if top_p is None else top_p, seed=seed)
         with _experts_off(loaded, off), _activation_sparsity(loaded, tokenizer, activation_sparsity, len(prompt)):
+            if monitor:  # per-token probe scores: actkit.monitor
+                return monitored_generation(loaded, tokenizer, prompt, monitor, writes, options, as_json,
+                                            {"model": model, "vector": vector and str(vector), "compare": compare})
             completions = generate(loaded, tokenizer, prompt, writes=writes, **options)
             plain = generate(loaded, tokenizer, prompt, **options) if compare else None
     settings = {"model": model, "experts_off": experts_off, "activation_sparsity": activation_sparsity,
