@@ -13,7 +13,9 @@ import torch
 import actkit
 from actkit import ActkitError, Apply, Generated
 from actkit.core.generate import generate_ids
-from actkit.serve.engine import Engine, Finished, GenerationRequest, Stream, Token
+from actkit.core.hooks import Capture, tap
+from actkit.monitor import Probe, guard_writes
+from actkit.serve.engine import Engine, Finished, GenerationRequest, Guard, Stream, Token
 from actkit.steer import Ablate, SteeringVector, combine
 
 from tiny import DecodingTokenizer, build
@@ -314,3 +316,83 @@ def test_folded_adds_fail_only_their_rows_and_hooks_go_when_the_batch_empties(to
         time.sleep(0.01)
     assert _no_hooks(model)  # the engine is still running, with no rows
     engine.shutdown()
+
+
+def _probe(seed: int, layer: int, threshold: float = 0.0, reduce: str = "last") -> Probe:
+    g = torch.Generator().manual_seed(seed)
+    return Probe(f"resid_post.{layer}", torch.randn(256, generator=g), 0.25, threshold, "mean-diff", reduce)
+
+
+def _one_pass(model: Any, ids: list[int], plen: int, writes: Any, probe: Probe) -> list[float]:
+    """The probe's score of every position of `ids`, in one forward pass with the same writes."""
+    seen = Capture()
+    with torch.inference_mode(), tap(model, write=writes, read={probe.site: seen}, prompt_lengths=[plen]):
+        model(input_ids=torch.tensor([ids]))
+    return probe.project(seen.last[0]).tolist()
+
+
+def test_monitor_scores_in_a_mixed_batch_equal_one_pass_over_the_final_text(toy) -> None:
+    model, tok = toy
+    probes = {"a": _probe(1, 1), "b": _probe(2, 3), "c": _probe(3, 1, reduce="mean")}
+    v = _vector(4)
+    asks: list[tuple[dict[str, Probe] | None, dict[str, Any] | None]] = [
+        (probes, None), (None, v.to_intervention(5.0)),
+        ({"b": probes["b"]}, v.to_intervention(-4.0, positions="generated")),
+        ({"a": probes["a"], "c": probes["c"]}, None), (None, None),
+        (probes, {"resid_post.2": Ablate(v.directions[2])})]
+    lengths = [6, 9, 4, 7, 5, 8]
+    engine = Engine(model, tok, max_batch=3)  # rows join and leave while the others are monitored
+    streams = [engine.submit(GenerationRequest(_ids(tok, p), n, writes=w, monitor=m, eos_token_ids=frozenset()))
+               for p, (m, w), n in zip(PROMPTS, asks, lengths, strict=False)]
+    engine.start()
+    results = [list(s) for s in streams]
+    engine.shutdown()
+    for p, (monitor, writes), n, events in zip(PROMPTS, asks, lengths, results, strict=False):
+        tokens = [e for e in events if isinstance(e, Token)]
+        end = events[-1]
+        assert isinstance(end, Finished) and len(tokens) == n
+        assert [t.id for t in tokens] == generate_ids(model, tok, [p], writes=writes, max_new_tokens=n,
+                                                      eos_token_id=-1)[0]
+        if monitor is None:
+            assert end.prompt_scores is None and all(t.scores is None for t in tokens)
+            continue
+        prompt = _ids(tok, p)
+        assert end.prompt_scores is not None and set(end.prompt_scores) == set(monitor)
+        for name, probe in monitor.items():
+            full = _one_pass(model, prompt + [t.id for t in tokens], len(prompt), writes, probe)
+            assert end.prompt_scores[name] == pytest.approx(full[:len(prompt)], abs=1e-4)
+            assert [t.scores[name] for t in tokens if t.scores] == pytest.approx(
+                full[len(prompt) - 1:len(prompt) + n - 1], abs=1e-4)
+
+
+@pytest.mark.parametrize("action", ["flag", "refuse", "steer"])
+def test_the_guard_decides_per_row_in_a_mixed_batch(toy, action: str) -> None:
+    """Each prompt is scored and decided in its prefill; flag reports, refuse generates nothing, steer steers the
+    flagged rows only: each as `actkit.monitor.guarded_generate` does it alone."""
+    model, tok = toy
+    prompts = PROMPTS[:6]
+    probe = _probe(7, 1)
+    scores = [_one_pass(model, _ids(tok, p), len(_ids(tok, p)), None, probe)[-1] for p in prompts]
+    probe.threshold = sorted(scores)[len(scores) // 2] - 1e-3  # about half the prompts are flagged
+    steer = _vector(8, layers=(2, 3)).to_intervention(6.0) if action == "steer" else None
+    guard = Guard(probe, action, steer)
+    own = [None, _vector(9).to_intervention(3.0), None, None, _vector(9).to_intervention(-3.0), None]
+    engine = Engine(model, tok, max_batch=4)
+    streams = [engine.submit(GenerationRequest(_ids(tok, p), 6, writes=w, guard=guard, eos_token_ids=frozenset()))
+               for p, w in zip(prompts, own, strict=True)]
+    engine.start()
+    results = [_run(s) for s in streams]
+    engine.shutdown()
+    flagged = [s > probe.threshold for s in scores]
+    assert 0 < sum(flagged) < len(prompts)
+    for p, w, (tokens, end), flag, score in zip(prompts, own, results, flagged, scores, strict=True):
+        assert end.guard is not None and end.guard[1] == flag and end.guard[0] == pytest.approx(score, abs=1e-4)
+        if action == "refuse" and flag:
+            assert tokens == [] and end.reason == "refused"
+            continue
+        expected = generate_ids(model, tok, [p], writes=combine(guard_writes(probe, "steer", steer)[0], w)
+                                if action == "steer" else w, max_new_tokens=6, eos_token_id=-1)[0]
+        assert tokens == expected and end.reason == "length"
+    if action == "steer":  # the guard's steering changed the flagged rows
+        assert any(tokens != generate_ids(model, tok, [p], writes=w, max_new_tokens=6, eos_token_id=-1)[0]
+                   for p, w, (tokens, _), flag in zip(prompts, own, results, flagged, strict=True) if flag)

@@ -42,6 +42,9 @@ from actkit.core.interventions import Add, Intervention, OnRows
 from actkit.core.positions import All, From, Generated, Last, Positions, Prompt, StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
+from actkit.monitor import Probe, guard_writes
+from actkit.monitor.guard import ACTIONS
+from actkit.steer import combine
 
 
 @dataclass
@@ -58,6 +61,9 @@ class GenerationRequest:
         prompt_logprobs: None, or k >= 0: each prompt token's log-probability (from token 1 on) and the top k.
         logprobs: None, or k >= 0: the same for every generated token.
         eos_token_ids: the ids that end generation (None: the model's generation config's).
+        monitor: name -> `Probe`: every prompt token's score and each generated token's (the score at the position
+            that produced it, as `actkit.monitor.monitor_generate` gives it), read in the passes that generate.
+        guard: a latent guard decided on the prompt in its prefill, before any token (`Guard`).
     """
 
     prompt_ids: list[int]
@@ -69,28 +75,55 @@ class GenerationRequest:
     prompt_logprobs: int | None = None
     logprobs: int | None = None
     eos_token_ids: frozenset[int] | None = None
+    monitor: Mapping[str, Probe] | None = None
+    guard: Guard | None = None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A latent guard: the prompt's score on `probe` (`actkit.monitor.ProbeGate`, in the prefill) decides.
+
+    Attributes:
+        probe: the probe; a score above its threshold flags the prompt.
+        action: ``flag`` (generate as usual; the decision is reported), ``refuse`` (a flagged request generates
+            nothing and ends with ``Finished(reason="refused")``) or ``steer`` (`writes` apply to a flagged request
+            from its prefill on, exactly as `actkit.monitor.guarded_generate` applies them).
+        writes: steer's writes, built for one row, at sites the probe's site precedes.
+    """
+
+    probe: Probe
+    action: str = "flag"
+    writes: Mapping[str, Intervention | list[Intervention]] | None = None
 
 
 @dataclass
 class Token:
-    """One generated token (an EOS token ends the stream and is not sent as a Token). The first token of a request
-    that asked for ``prompt_logprobs`` carries them too (as `Finished` does), so a stream can send them first."""
+    """One generated token (an EOS token ends the stream and is not sent as a Token). ``scores``: the monitor's
+    scores of the position that produced it. The first token of a request also carries what `Finished` carries
+    about the prompt (log-probabilities, the monitor's prompt scores, the guard's decision), so a stream can send
+    them first and a reply cut by a stop string keeps them."""
 
     id: int
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
     prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
+    scores: dict[str, float] | None = None
+    prompt_scores: dict[str, list[float]] | None = None
+    guard: tuple[float, bool] | None = None
 
 
 @dataclass
 class Finished:
-    """The last event of a stream. ``completion_tokens`` counts the Token events sent (the EOS is not one)."""
+    """The last event of a stream. ``completion_tokens`` counts the Token events sent (the EOS is not one).
+    ``prompt_scores`` holds the monitor's scores of the prompt tokens; ``guard`` the guard's (score, flagged)."""
 
-    reason: str  # "stop" (EOS), "length" (max_new_tokens), "cancelled", "error"
+    reason: str  # "stop" (EOS), "length" (max_new_tokens), "cancelled", "error", "refused" (by the guard)
     prompt_tokens: int
     completion_tokens: int
     prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
     error: str | None = None
+    prompt_scores: dict[str, list[float]] | None = None
+    guard: tuple[float, bool] | None = None
 
 
 class Stream:
@@ -146,6 +179,9 @@ class _Row:
     pending: int = -1  # the last sampled token, not yet in the cache
     error: str | None = None
     prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
+    prompt_scores: dict[str, list[float]] | None = None
+    scores: dict[str, float] | None = None  # the monitor's scores of the position read last (the next token's)
+    guard: tuple[float, bool] | None = None
     writes: list[tuple[str, list[Intervention]]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -154,6 +190,14 @@ class _Row:
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_ids)
+
+    @property
+    def monitored(self) -> dict[str, list[tuple[str, Probe]]]:
+        """site -> the (name, probe) pairs this request monitors there."""
+        out: dict[str, list[tuple[str, Probe]]] = {}
+        for name, probe in (self.request.monitor or {}).items():
+            out.setdefault(probe.site, []).append((name, probe))
+        return out
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -303,6 +347,53 @@ def _batch_writes(rows: list[_Row], dtype: torch.dtype, device: torch.device) ->
                 lo[i], hi[i] = _SPANS[type(p)](p, rows[i].prompt_len)
             out.append(_Fold(vector, coef, _Spans(lo.to(device), hi.to(device)), [rows[i] for i, _ in members]))
     return writes
+
+
+def _prompt_reads(row: _Row) -> dict[str, list[Callable[..., None]]]:
+    """The prefill's reads of a monitored row: every prompt token's score (``row.prompt_scores``) and the last
+    one's, which is the first generated token's (``row.scores``)."""
+    reads: dict[str, list[Callable[..., None]]] = {}
+    for site, probes in row.monitored.items():
+        def read(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext, probes: list[tuple[str, Probe]] = probes
+                 ) -> None:
+            if row.prompt_scores is None:
+                row.prompt_scores, row.scores = {}, {}
+            assert row.scores is not None
+            for name, probe in probes:
+                scores = probe.project(x[0]).tolist()
+                row.prompt_scores[name] = scores
+                row.scores[name] = scores[-1]
+        reads[site] = [read]
+    return reads
+
+
+def _batch_reads(rows: list[_Row]) -> dict[str, list[Callable[..., None]]]:
+    """The decode steps' reads of the monitored rows: each one's score of the token it reads, which is the score
+    of the token sampled next (``row.scores``)."""
+    by_site: dict[str, list[tuple[int, str, Probe]]] = {}
+    for i, row in enumerate(rows):
+        for site, probes in row.monitored.items():
+            by_site.setdefault(site, []).extend((i, name, probe) for name, probe in probes)
+    reads: dict[str, list[Callable[..., None]]] = {}
+    for site, wanted in by_site.items():
+        index = sorted({i for i, _, _ in wanted})
+        distinct = list({id(p): p for _, _, p in wanted}.values())  # each probe once
+        column = {id(p): k for k, p in enumerate(distinct)}
+        weight = torch.stack([p.weight for p in distinct], dim=1)  # (d, P)
+        bias = torch.tensor([p.bias for p in distinct], dtype=torch.float32)
+
+        def read(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext, wanted: list[tuple[int, str, Probe]] = wanted,
+                 index: list[int] = index, weight: torch.Tensor = weight, bias: torch.Tensor = bias,
+                 column: dict[int, int] = column) -> None:
+            if x.shape[-1] != weight.shape[0]:
+                raise ActkitError(f"a probe has size {weight.shape[0]} but the site has size {x.shape[-1]}")
+            last = x[index, -1].to(torch.float32)
+            scores = (last @ weight.to(x.device) + bias.to(x.device)).tolist()
+            at = {i: k for k, i in enumerate(index)}
+            for i, name, probe in wanted:
+                rows[i].scores = {**(rows[i].scores or {}), name: scores[at[i]][column[id(probe)]]}
+        reads[site] = [read]
+    return reads
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -478,7 +569,21 @@ class Engine:
                 raise ActkitError(f"{name} must be None or an integer of at least 0, got {k!r}")
         if request.eos_token_ids is not None and not all(_is_int(t) for t in request.eos_token_ids):
             raise ActkitError("eos_token_ids must be integers")
-        for raw, values in (request.writes or {}).items():
+        for name, probe in (request.monitor or {}).items():
+            if not isinstance(probe, Probe):
+                raise ActkitError(f"monitor {name!r}: {type(probe).__name__} is not a Probe")
+            self._anatomy.point(Site.parse(probe.site))
+        guard = request.guard
+        if guard is not None:
+            if not isinstance(guard, Guard) or not isinstance(guard.probe, Probe):
+                raise ActkitError("guard must be a Guard holding a Probe")
+            if guard.action not in ACTIONS:
+                raise ActkitError(f"unknown guard action {guard.action!r}; use one of {', '.join(ACTIONS)}")
+            self._anatomy.point(Site.parse(guard.probe.site))
+        writes: dict[str, Intervention | list[Intervention]] = dict(request.writes or {})
+        if guard is not None and guard.action == "steer":
+            writes = dict(combine(writes, guard.writes))
+        for raw, values in writes.items():
             site = Site.parse(raw)
             if site.kind in READ_ONLY:
                 raise ActkitError(f"site {site} is read-only: {READ_ONLY[site.kind]}")
@@ -571,10 +676,30 @@ class Engine:
                                   "use_cache": request.max_new_tokens > 0}
         if self._keep_last and request.prompt_logprobs is None:
             inputs["logits_to_keep"] = 1
-        out = self._forward([row], inputs)
-        if row.error is not None:
-            self._finish(row, "error")
-            return None
+        self._close_writes()
+        writes: dict[str, list[Intervention]] = combine(request.writes)
+        gate = None
+        if request.guard is not None:  # the gate first at its site: it reads the prompt before the row's writes
+            guard = request.guard
+            steer = guard.action == "steer"
+            guarding, gate = guard_writes(guard.probe, "steer" if steer else "flag", guard.writes if steer else None)
+            writes = combine(guarding, writes)
+        reads = _prompt_reads(row)
+        with torch.inference_mode():
+            if writes or reads:
+                with tap(self.model, write=writes, read=reads):
+                    out = self.model(**inputs)
+            else:
+                out = self.model(**inputs)
+        if gate is not None:
+            assert gate.scores is not None and gate.decision is not None and request.guard is not None
+            row.guard = (float(gate.scores[0]), bool(gate.decision[0]))
+            if row.guard[1] and request.guard.action == "refuse":
+                self._finish(row, "refused")
+                return None
+            if row.guard[1] and request.guard.action == "steer":  # first, as in the prefill
+                row.writes = [(str(Site.parse(raw)), _as_list(values))
+                              for raw, values in (request.guard.writes or {}).items()] + row.writes
         if request.prompt_logprobs is not None:
             logprobs = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
             chosen = logprobs.gather(1, ids[0, 1:, None]).reshape(-1).tolist()
@@ -598,7 +723,7 @@ class Engine:
             self._cache_arg: self._cache, "use_cache": True}
         if self._keep_last:
             inputs["logits_to_keep"] = 1
-        out = self._forward(rows, inputs, batch=True)
+        out = self._forward(rows, inputs)
         self._mask = mask
         done = []
         for i, row in enumerate(rows):
@@ -609,20 +734,15 @@ class Engine:
         ended = self._sample([rows[i] for i in live], out.logits[live, -1])
         self._release(sorted(done + [live[j] for j in ended]))
 
-    def _forward(self, rows: list[_Row], inputs: dict[str, Any], *, batch: bool = False) -> Any:
-        """One forward of `rows` (the batch, or one row's prefill), each row's writes restricted to it. The
-        batch's hooks stay registered from step to step while its rows stay the same."""
-        steered = any(row.writes for row in rows)
-        if batch and steered:
+    def _forward(self, rows: list[_Row], inputs: dict[str, Any]) -> Any:
+        """One decode step of the batch `rows`, each row's writes and reads restricted to it. The batch's hooks
+        stay registered from step to step while its rows stay the same."""
+        if any(row.writes or row.request.monitor for row in rows):
             self._hold_writes(rows)
         else:
             self._close_writes()
         with torch.inference_mode():
-            if batch or not steered:
-                return self.model(**inputs)
-            with tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
-                     prompt_lengths=torch.tensor([r.prompt_len for r in rows], device=self._device)):
-                return self.model(**inputs)
+            return self.model(**inputs)
 
     def _hold_writes(self, rows: list[_Row]) -> None:
         """Register the hooks of the batch `rows` unless they are registered already."""
@@ -632,7 +752,7 @@ class Engine:
         self._close_writes()
         lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
         self._hooks.enter_context(tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
-                                      prompt_lengths=lengths))
+                                      read=_batch_reads(rows), prompt_lengths=lengths))
         self._writes_rows = list(rows)
 
     def _close_writes(self) -> None:
@@ -652,7 +772,9 @@ class Engine:
                 self._finish(row, "stop")
                 ended.append(i)
                 continue
-            event = Token(token, prompt_logprobs=row.prompt_logprobs if row.generated == 0 else None)
+            first = row.generated == 0
+            event = Token(token, scores=row.scores, prompt_logprobs=row.prompt_logprobs if first else None,
+                          prompt_scores=row.prompt_scores if first else None, guard=row.guard if first else None)
             if request.logprobs is not None:
                 logprobs = torch.log_softmax(logits[i], dim=-1)
                 event.logprob = float(logprobs[token])
@@ -676,7 +798,7 @@ class Engine:
 
     def _finish(self, row: _Row, reason: str) -> None:
         row.stream._put(Finished(reason, row.prompt_len, row.generated, row.prompt_logprobs,
-                                 row.error if reason == "error" else None))
+                                 row.error if reason == "error" else None, row.prompt_scores, row.guard))
 
     # ---- the batch's cache ----
 
