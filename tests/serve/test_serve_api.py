@@ -244,9 +244,14 @@ def test_a_client_that_leaves_frees_its_row_at_once(serve_process, toy) -> None:
     assert after.choices[0].text == actkit.generate(model, tokenizer, [PROMPT], max_new_tokens=8)[0]
 
 
-def test_models_and_steering_listings(http: httpx.Client) -> None:
+def test_models_and_steering_listings(http: httpx.Client, client: openai.OpenAI) -> None:
     models = http.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["toy-dense", f"toy-dense:sentiment@{DEFAULT_PRESET_COEF:g}"]
+    assert client.models.retrieve("toy-dense:sentiment@0.8").id == "toy-dense:sentiment@0.8"
+    assert client.models.retrieve("toy-dense").owned_by == "actkit"
+    for missing in ("toy-dense:nope@0.8", "other"):
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(missing)
     steering = http.get("/v1/steering").json()["data"]
     assert [(v["name"], v["site"], v["layers"]) for v in steering] == [("sentiment", "resid_post", [2, 3])]
     assert steering[0]["method"] == "mean-diff" and set(steering[0]["norms"]) == {"2", "3"}

@@ -373,14 +373,30 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
     async def health() -> dict[str, Any]:
         return {"status": "ok", **engine.load()}
 
-    @app.get("/v1/models", dependencies=auth)
-    async def models() -> dict[str, Any]:
+    def model_rows() -> list[dict[str, Any]]:
         created = int(time.time())
         rows = [{"id": model_name, "object": "model", "created": created, "owned_by": "actkit"}]
         rows += [{"id": f"{model_name}:{v.name}@{DEFAULT_PRESET_COEF:g}", "object": "model", "created": created,
                   "owned_by": "actkit", "root": model_name, "parent": model_name}
                  for v in registry.vectors.values() if v.relative_ok]
-        return {"object": "list", "data": rows}
+        return rows
+
+    @app.get("/v1/models", dependencies=auth)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": model_rows()}
+
+    @app.get("/v1/models/{model:path}", dependencies=auth)
+    async def model(model: str) -> dict[str, Any]:
+        """One model: the served name, a listed preset, or any valid ``MODEL:VECTOR@COEF`` preset."""
+        for row in model_rows():
+            if row["id"] == model:
+                return row
+        parsed = parse_preset(model, server.names)
+        if parsed is None or (parsed[1] is not None and parsed[1].vector not in registry.vectors):
+            raise APIError(404, f"model {model!r} does not exist; GET /v1/models lists them", param="model",
+                           code="model_not_found")
+        return {"id": model, "object": "model", "created": int(time.time()), "owned_by": "actkit",
+                "root": model_name, "parent": model_name}
 
     @app.get("/v1/steering", dependencies=auth)
     async def steering() -> dict[str, Any]:
