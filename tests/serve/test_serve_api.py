@@ -354,6 +354,7 @@ def test_sigterm_finishes_the_request_in_flight(serve_process, toy) -> None:
 def test_bad_options_fail_before_loading(tmp_path: Path) -> None:
     start = time.monotonic()
     for args, message in [(["--port", "0"], "--port"), (["--max-batch", "0"], "--max-batch"),
+                          (["--threads", "0"], "--threads"),
                           (["--max-new-tokens", "0"], "--max-new-tokens"),
                           (["--vectors", str(tmp_path / "none")], "--vectors")]:
         result = CliRunner().invoke(cli_app, ["serve", *args])

@@ -15,6 +15,10 @@ decode steps until the rows change again. The rows' plain adds at a site (steeri
 add of a (rows, d) vector with per-row coefficients and position spans, each row computed exactly as its own
 `Add`; any other write is restricted to its row with `OnRows`. An exception raised by one request's write ends
 that request (``Finished(reason="error")``) and leaves the other rows of the same forward untouched.
+
+A request may also ask for per-token probe scores (``monitor``: read in its prefill and in the decode steps, no
+extra pass) and go through a latent guard (``guard``: `actkit.monitor.ProbeGate` scores its prompt in its prefill,
+so the decision to flag, refuse or steer it is made before its first token, for that row alone).
 """
 
 from __future__ import annotations
