@@ -14,8 +14,19 @@ import actkit
 from actkit import ActkitError, Apply, Generated
 from actkit.core.generate import generate_ids
 from actkit.core.hooks import Capture, tap
+from actkit.core.positions import StepContext
 from actkit.monitor import Probe, guard_writes
-from actkit.serve.engine import Engine, Finished, GenerationRequest, Guard, Stream, Token
+from actkit.serve.engine import (
+    Engine,
+    Finished,
+    GenerationRequest,
+    Guard,
+    Stream,
+    Token,
+    _as_list,
+    _batch_writes,
+    _Row,
+)
 from actkit.steer import Ablate, SteeringVector, combine
 
 from tiny import DecodingTokenizer, build
@@ -396,3 +407,34 @@ def test_the_guard_decides_per_row_in_a_mixed_batch(toy, action: str) -> None:
     if action == "steer":  # the guard's steering changed the flagged rows
         assert any(tokens != generate_ids(model, tok, [p], writes=w, max_new_tokens=6, eos_token_id=-1)[0]
                    for p, w, (tokens, _), flag in zip(prompts, own, results, flagged, strict=True) if flag)
+
+
+def test_folded_adds_equal_each_rows_own_add_bit_for_bit() -> None:
+    """The batch's folded add gives each row exactly what its own `Add` gives it alone (any positions rule that
+    folds, two adds at one site), and rows without adds keep their values bit for bit."""
+    g = torch.Generator().manual_seed(11)
+    vectors = [torch.randn(16, generator=g) for _ in range(4)]
+    own: list[dict[str, Any] | None] = [
+        {"resid_post.1": actkit.Add(vectors[0], 0.7)},
+        None,
+        {"resid_post.1": [actkit.Add(vectors[1], -1.3, positions=Generated()), actkit.Add(vectors[2], 2.0)]},
+        {"resid_post.1": actkit.Add(vectors[3], torch.tensor([0.35]), positions=actkit.From(6))},
+        {"resid_post.1": actkit.Add(vectors[0], 3.0, positions=actkit.Prompt())},
+    ]
+    rows = [_Row(GenerationRequest([1] * n, 4, writes=w), Stream(), frozenset(), None)
+            for n, w in zip([5, 3, 7, 4, 6], own, strict=True)]
+    writes = _batch_writes(rows, torch.float32, torch.device("cpu"))["resid_post.1"]
+    assert [type(w).__name__ for w in writes] == ["_Fold", "_Fold"]  # two ranks: row 2 adds twice
+    x = torch.randn(len(rows), 9, 16, generator=g)
+    positions = torch.arange(9).expand(len(rows), 9)
+    ctx = StepContext(positions, torch.ones(len(rows), 9, dtype=torch.bool),
+                      torch.tensor([r.prompt_len for r in rows]), torch.arange(len(rows)), torch.zeros(len(rows)))
+    out = x
+    for w in writes:
+        out = w(out, w.positions.mask(ctx), ctx)
+    for i, w in enumerate(own):
+        row, sub = x[i:i + 1], StepContext(positions[i:i + 1], ctx.valid[i:i + 1], ctx.prompt_len[i:i + 1],
+                                           ctx.documents[i:i + 1], ctx.offsets[i:i + 1])
+        for add in _as_list((w or {}).get("resid_post.1", [])):
+            row = add(row, add.positions.mask(sub), sub)
+        assert torch.equal(out[i:i + 1], row), i

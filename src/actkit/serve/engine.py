@@ -277,10 +277,15 @@ class _Fold(Add):
     def __init__(self, vector: torch.Tensor, coef: torch.Tensor, spans: _Spans, rows: list[_Row]):
         super().__init__(vector, coef, spans)
         self.rows = rows
+        self.delta = coef[:, None] * vector  # (B, d): each row's coef * vector, as its own Add computes it
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         try:
-            return super().__call__(x, mask, ctx)
+            delta = self.delta
+            if x.dim() != 3 or x.dtype != delta.dtype or x.device != delta.device or x.shape[0] != delta.shape[0] \
+                    or x.shape[-1] != delta.shape[-1]:
+                return super().__call__(x, mask, ctx)  # the general path (and its errors)
+            return torch.where(mask[..., None], x + delta[:, None, :], x)  # no step-by-step broadcasting rules
         except Exception as error:
             for row in self.rows:
                 row.fail(error)
