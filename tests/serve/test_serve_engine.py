@@ -13,7 +13,20 @@ import torch
 import actkit
 from actkit import ActkitError, Apply, Generated
 from actkit.core.generate import generate_ids
-from actkit.serve.engine import Engine, Finished, GenerationRequest, Stream, Token
+from actkit.core.hooks import Capture, tap
+from actkit.core.positions import StepContext
+from actkit.monitor import Probe, guard_writes
+from actkit.serve.engine import (
+    Engine,
+    Finished,
+    GenerationRequest,
+    Guard,
+    Stream,
+    Token,
+    _as_list,
+    _batch_writes,
+    _Row,
+)
 from actkit.steer import Ablate, SteeringVector, combine
 
 from tiny import DecodingTokenizer, build
@@ -287,3 +300,141 @@ def test_submit_refuses_bad_requests(toy) -> None:
 def test_a_model_whose_cache_cannot_be_packed_is_refused() -> None:
     with pytest.raises(ActkitError, match="sliding window of 4 tokens"):
         Engine(build("gemma3"), DecodingTokenizer())
+
+
+def test_folded_adds_fail_only_their_rows_and_hooks_go_when_the_batch_empties(toy) -> None:
+    """Rows whose vectors do not fit the site fail in the decode step (their adds are folded together, or kept
+    apart when the rows disagree on the width); the others equal their runs alone; an idle engine holds no hooks."""
+    model, tok = toy
+    g = torch.Generator().manual_seed(5)
+    good = {"resid_post.1": actkit.Add(torch.randn(256, generator=g) * 4)}
+    narrow = [actkit.Add(torch.randn(128, generator=g), positions=Generated()) for _ in range(3)]
+    writes: list[dict[str, Any] | None] = [good, {"resid_post.2": narrow[0]}, {"resid_post.2": narrow[1]}, None,
+                                           {"resid_post.1": narrow[2]}]
+    engine = Engine(model, tok, max_batch=8)
+    streams = [engine.submit(GenerationRequest(_ids(tok, p), 5, writes=w, eos_token_ids=frozenset()))
+               for p, w in zip(PROMPTS, writes, strict=False)]
+    engine.start()
+    results = [_run(s) for s in streams]
+    for i in (1, 2, 4):
+        tokens, end = results[i]
+        assert end.reason == "error" and end.error is not None and "size 128" in end.error and len(tokens) == 1
+    for i in (0, 3):
+        assert results[i][0] == generate_ids(model, tok, [PROMPTS[i]], writes=writes[i], max_new_tokens=5,
+                                             eos_token_id=-1)[0]
+    deadline = time.monotonic() + 10
+    while not _no_hooks(model) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _no_hooks(model)  # the engine is still running, with no rows
+    engine.shutdown()
+
+
+def _probe(seed: int, layer: int, threshold: float = 0.0, reduce: str = "last") -> Probe:
+    g = torch.Generator().manual_seed(seed)
+    return Probe(f"resid_post.{layer}", torch.randn(256, generator=g), 0.25, threshold, "mean-diff", reduce)
+
+
+def _one_pass(model: Any, ids: list[int], plen: int, writes: Any, probe: Probe) -> list[float]:
+    """The probe's score of every position of `ids`, in one forward pass with the same writes."""
+    seen = Capture()
+    with torch.inference_mode(), tap(model, write=writes, read={probe.site: seen}, prompt_lengths=[plen]):
+        model(input_ids=torch.tensor([ids]))
+    return probe.project(seen.last[0]).tolist()
+
+
+def test_monitor_scores_in_a_mixed_batch_equal_one_pass_over_the_final_text(toy) -> None:
+    model, tok = toy
+    probes = {"a": _probe(1, 1), "b": _probe(2, 3), "c": _probe(3, 1, reduce="mean")}
+    v = _vector(4)
+    asks: list[tuple[dict[str, Probe] | None, dict[str, Any] | None]] = [
+        (probes, None), (None, v.to_intervention(5.0)),
+        ({"b": probes["b"]}, v.to_intervention(-4.0, positions="generated")),
+        ({"a": probes["a"], "c": probes["c"]}, None), (None, None),
+        (probes, {"resid_post.2": Ablate(v.directions[2])})]
+    lengths = [6, 9, 4, 7, 5, 8]
+    engine = Engine(model, tok, max_batch=3)  # rows join and leave while the others are monitored
+    streams = [engine.submit(GenerationRequest(_ids(tok, p), n, writes=w, monitor=m, eos_token_ids=frozenset()))
+               for p, (m, w), n in zip(PROMPTS, asks, lengths, strict=False)]
+    engine.start()
+    results = [list(s) for s in streams]
+    engine.shutdown()
+    for p, (monitor, writes), n, events in zip(PROMPTS, asks, lengths, results, strict=False):
+        tokens = [e for e in events if isinstance(e, Token)]
+        end = events[-1]
+        assert isinstance(end, Finished) and len(tokens) == n
+        assert [t.id for t in tokens] == generate_ids(model, tok, [p], writes=writes, max_new_tokens=n,
+                                                      eos_token_id=-1)[0]
+        if monitor is None:
+            assert end.prompt_scores is None and all(t.scores is None for t in tokens)
+            continue
+        prompt = _ids(tok, p)
+        assert end.prompt_scores is not None and set(end.prompt_scores) == set(monitor)
+        for name, probe in monitor.items():
+            full = _one_pass(model, prompt + [t.id for t in tokens], len(prompt), writes, probe)
+            assert end.prompt_scores[name] == pytest.approx(full[:len(prompt)], abs=1e-4)
+            assert [t.scores[name] for t in tokens if t.scores] == pytest.approx(
+                full[len(prompt) - 1:len(prompt) + n - 1], abs=1e-4)
+
+
+@pytest.mark.parametrize("action", ["flag", "refuse", "steer"])
+def test_the_guard_decides_per_row_in_a_mixed_batch(toy, action: str) -> None:
+    """Each prompt is scored and decided in its prefill; flag reports, refuse generates nothing, steer steers the
+    flagged rows only: each as `actkit.monitor.guarded_generate` does it alone."""
+    model, tok = toy
+    prompts = PROMPTS[:6]
+    probe = _probe(7, 1)
+    scores = [_one_pass(model, _ids(tok, p), len(_ids(tok, p)), None, probe)[-1] for p in prompts]
+    probe.threshold = sorted(scores)[len(scores) // 2] - 1e-3  # about half the prompts are flagged
+    steer = _vector(8, layers=(2, 3)).to_intervention(6.0) if action == "steer" else None
+    guard = Guard(probe, action, steer)
+    own = [None, _vector(9).to_intervention(3.0), None, None, _vector(9).to_intervention(-3.0), None]
+    engine = Engine(model, tok, max_batch=4)
+    streams = [engine.submit(GenerationRequest(_ids(tok, p), 6, writes=w, guard=guard, eos_token_ids=frozenset()))
+               for p, w in zip(prompts, own, strict=True)]
+    engine.start()
+    results = [_run(s) for s in streams]
+    engine.shutdown()
+    flagged = [s > probe.threshold for s in scores]
+    assert 0 < sum(flagged) < len(prompts)
+    for p, w, (tokens, end), flag, score in zip(prompts, own, results, flagged, scores, strict=True):
+        assert end.guard is not None and end.guard[1] == flag and end.guard[0] == pytest.approx(score, abs=1e-4)
+        if action == "refuse" and flag:
+            assert tokens == [] and end.reason == "refused"
+            continue
+        expected = generate_ids(model, tok, [p], writes=combine(guard_writes(probe, "steer", steer)[0], w)
+                                if action == "steer" else w, max_new_tokens=6, eos_token_id=-1)[0]
+        assert tokens == expected and end.reason == "length"
+    if action == "steer":  # the guard's steering changed the flagged rows
+        assert any(tokens != generate_ids(model, tok, [p], writes=w, max_new_tokens=6, eos_token_id=-1)[0]
+                   for p, w, (tokens, _), flag in zip(prompts, own, results, flagged, strict=True) if flag)
+
+
+def test_folded_adds_equal_each_rows_own_add_bit_for_bit() -> None:
+    """The batch's folded add gives each row exactly what its own `Add` gives it alone (any positions rule that
+    folds, two adds at one site), and rows without adds keep their values bit for bit."""
+    g = torch.Generator().manual_seed(11)
+    vectors = [torch.randn(16, generator=g) for _ in range(4)]
+    own: list[dict[str, Any] | None] = [
+        {"resid_post.1": actkit.Add(vectors[0], 0.7)},
+        None,
+        {"resid_post.1": [actkit.Add(vectors[1], -1.3, positions=Generated()), actkit.Add(vectors[2], 2.0)]},
+        {"resid_post.1": actkit.Add(vectors[3], torch.tensor([0.35]), positions=actkit.From(6))},
+        {"resid_post.1": actkit.Add(vectors[0], 3.0, positions=actkit.Prompt())},
+    ]
+    rows = [_Row(GenerationRequest([1] * n, 4, writes=w), Stream(), frozenset(), None)
+            for n, w in zip([5, 3, 7, 4, 6], own, strict=True)]
+    writes = _batch_writes(rows, torch.float32, torch.device("cpu"))["resid_post.1"]
+    assert [type(w).__name__ for w in writes] == ["_Fold", "_Fold"]  # two ranks: row 2 adds twice
+    x = torch.randn(len(rows), 9, 16, generator=g)
+    positions = torch.arange(9).expand(len(rows), 9)
+    ctx = StepContext(positions, torch.ones(len(rows), 9, dtype=torch.bool),
+                      torch.tensor([r.prompt_len for r in rows]), torch.arange(len(rows)), torch.zeros(len(rows)))
+    out = x
+    for w in writes:
+        out = w(out, w.positions.mask(ctx), ctx)
+    for i, w in enumerate(own):
+        row, sub = x[i:i + 1], StepContext(positions[i:i + 1], ctx.valid[i:i + 1], ctx.prompt_len[i:i + 1],
+                                           ctx.documents[i:i + 1], ctx.offsets[i:i + 1])
+        for add in _as_list((w or {}).get("resid_post.1", [])):
+            row = add(row, add.positions.mask(sub), sub)
+        assert torch.equal(out[i:i + 1], row), i

@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from actkit.errors import ActkitError
-from actkit.serve.engine import Engine, Finished, GenerationRequest, Stream, Token
+from actkit.serve.engine import Engine, Finished, GenerationRequest, Guard, Stream, Token
+from actkit.serve.monitoring import REFUSAL, ProbeRegistry, monitor_probes, parse_monitor
 from actkit.serve.schema import APIError, ChatRequest, CompletionRequest, validation_error
 from actkit.serve.steering import (
     DEFAULT_PRESET_COEF,
@@ -38,6 +39,8 @@ MAX_BODY = 4 * 1024 * 1024
 POLL_S = 0.25
 
 Disconnected = Callable[[], Awaitable[bool]]
+#: A prompt's log-probabilities as the engine gives them: per token, its own and the top alternatives.
+Scores = list[tuple[float | None, dict[int, float]]]
 
 
 @dataclass
@@ -59,13 +62,31 @@ class Output:
     sent: int = 0
     stopped: bool = False
     finished: Finished | None = None
+    head: Token | Finished | None = None  # the first event: the prompt's scores and the guard's decision
 
     def text(self) -> str:
+        if self.refused:
+            return REFUSAL
         return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    @property
+    def refused(self) -> bool:
+        return self.finished is not None and self.finished.reason == "refused"
+
+    def end(self, finished: Finished) -> None:
+        self.finished = finished
+        self.head = self.head or finished
+
+    def keep(self, token: Token) -> None:
+        """Add a token whose text nobody waits for (a whole reply without stop strings: decoded once, at the end)."""
+        self.head = self.head or token
+        self.ids.append(token.id)
+        self.tokens.append(token)
 
     def push(self, token: Token) -> str:
         """Add a token; the text that is now safe to send (held back: a possible start of a stop string, or an
         incomplete character). After a stop string, `stopped` is set and nothing more is sent."""
+        self.head = self.head or token
         self.ids.append(token.id)
         self.tokens.append(token)
         full = self.text()
@@ -103,27 +124,49 @@ class Output:
     def reason(self) -> str:
         if self.stopped:
             return "stop"
+        if self.refused:
+            return "content_filter"
         reason = self.finished.reason if self.finished else "length"
         return reason if reason in ("stop", "length") else "stop"
 
+    def extra(self, request: GenerationRequest) -> dict[str, Any] | None:
+        """The reply's ``actkit`` field: the monitor's scores (of the prompt, and of the tokens kept) and the
+        guard's decision; None when the request has neither."""
+        out: dict[str, Any] = {}
+        head = self.head
+        if request.monitor:
+            prompt = (head.prompt_scores if head is not None else None) or {}
+            kept = self.kept_tokens()
+            out["monitor"] = {name: {"prompt": prompt.get(name, []),
+                                     "generated": [t.scores[name] for t in kept if t.scores and name in t.scores]}
+                              for name in request.monitor}
+        if request.guard is not None and head is not None and head.guard is not None:
+            score, flagged = head.guard
+            out["guard"] = {"score": score, "threshold": request.guard.probe.threshold, "flagged": flagged}
+        return out or None
+
 
 async def events(stream: Stream, disconnected: Disconnected) -> AsyncIterator[Token | Finished]:
-    """The engine stream's events, waited for off the event loop; cancels it if the client goes away or the
-    consumer stops early (a stop string, an error)."""
+    """The engine stream's events, waited for off the event loop; cancels it if the client goes away (checked at
+    least every `POLL_S` seconds) or the consumer stops early (a stop string, an error)."""
     done = False
+    checked = time.monotonic()
     try:
         while True:
             try:
-                event = await asyncio.to_thread(stream.get, POLL_S)
+                batch = await asyncio.to_thread(stream.drain, POLL_S)  # one thread hop for all tokens ready
             except queue.Empty:
+                batch = []
+            if not batch or time.monotonic() - checked > POLL_S:  # also while tokens flow
                 if await disconnected():
                     return
-                continue
-            if isinstance(event, Finished):
-                done = True
-            yield event
-            if done:
-                return
+                checked = time.monotonic()
+            for event in batch:
+                if isinstance(event, Finished):
+                    done = True
+                yield event
+                if done:
+                    return
     finally:
         if not done:
             stream.cancel()
@@ -133,10 +176,13 @@ class Server:
     """The state behind the routes: the engine, the tokenizer, the vectors and the limits."""
 
     def __init__(self, engine: Engine, tokenizer: Any, registry: VectorRegistry, *, model_name: str,
-                 aliases: tuple[str, ...], limits: Limits) -> None:
+                 aliases: tuple[str, ...], limits: Limits, probes: ProbeRegistry | None = None,
+                 guard: Guard | None = None) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.registry = registry
+        self.probes = probes or ProbeRegistry()
+        self.guard = guard
         self.model_name = model_name
         self.names = (model_name, *aliases)
         self.limits = limits
@@ -156,6 +202,12 @@ class Server:
             items.append(preset)
         items += parse_steer(body.steer, body.vllm_xargs)
         return body.model, build_writes(self.registry, items)
+
+    def reading(self, body: CompletionRequest | ChatRequest) -> dict[str, Any]:
+        """The request's `GenerationRequest` fields for monitoring and the guard."""
+        names = parse_monitor(body.monitor, body.vllm_xargs)
+        return {"monitor": monitor_probes(names, self.probes, self.registry) if names else None,
+                "guard": self.guard}
 
     def max_new(self, asked: int | None, prompt_len: int, param: str) -> int:
         cap = self.limits.max_new_tokens
@@ -211,18 +263,18 @@ class Server:
         ranked = sorted((alternatives or {}).items(), key=lambda kv: -kv[1])[:max(k, 1)]
         return {self.piece(t): float(v) for t, v in ranked}
 
-    def completion_logprobs(self, tokens: list[Token], k: int, echo: tuple[list[int], Finished] | None
-                            ) -> dict[str, Any]:
-        """OpenAI's legacy logprobs object; with `echo`, the prompt's tokens first (the first one's null)."""
+    def completion_logprobs(self, tokens: list[Token], k: int, prompt: tuple[list[int], Scores | None] | None = None,
+                            offset: int = 0) -> dict[str, Any]:
+        """OpenAI's legacy logprobs object; with `prompt` (its ids and their scores), the prompt's tokens first
+        (the first one's null). Text offsets count from `offset` (a stream's text sent so far)."""
         out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         rows: list[tuple[int, float | None, dict[str, float] | None]] = []
-        if echo is not None:
-            ids, finished = echo
-            scores = finished.prompt_logprobs or [(None, {})] * len(ids)
-            for i, (t, (lp, alts)) in enumerate(zip(ids, scores, strict=False)):
+        if prompt is not None:
+            ids, scores = prompt
+            for i, (t, (lp, alts)) in enumerate(zip(ids, scores or [(None, {})] * len(ids), strict=False)):
                 rows.append((t, lp, None if i == 0 else self.top(alts, k)))
         rows += [(t.id, t.logprob, self.top(t.top_logprobs, k)) for t in tokens]
-        position = 0
+        position = offset
         for t, lp, top in rows:
             piece = self.piece(t)
             out["tokens"].append(piece)
@@ -273,7 +325,8 @@ def _sse(data: Any) -> str:
 
 
 def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, model_name: str,
-               aliases: tuple[str, ...] = (), api_key: str | None = None, max_new_tokens: int = 256) -> FastAPI:
+               aliases: tuple[str, ...] = (), api_key: str | None = None, max_new_tokens: int = 256,
+               probes: ProbeRegistry | None = None, guard: Guard | None = None) -> FastAPI:
     """The FastAPI app serving `engine` (the caller starts it and shuts it down: ``actkit serve`` does both).
 
     Arguments:
@@ -284,9 +337,11 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
         aliases: other names accepted for the model (the spec it was loaded from).
         api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <api_key>`` (else 401).
         max_new_tokens: the most tokens one request may generate.
+        probes: the probes requests may monitor with (besides the vectors; `actkit.serve.monitoring`).
+        guard: the latent guard every request's prompt goes through, if any.
     """
     server = Server(engine, tokenizer, registry, model_name=model_name, aliases=aliases,
-                    limits=Limits(max_new_tokens, engine.context_length))
+                    limits=Limits(max_new_tokens, engine.context_length), probes=probes, guard=guard)
     app = FastAPI(title="actkit serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
 
@@ -315,26 +370,46 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                                code="method_not_allowed"))
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", **engine.load()}
 
-    @app.get("/v1/models", dependencies=auth)
-    async def models() -> dict[str, Any]:
+    def model_rows() -> list[dict[str, Any]]:
         created = int(time.time())
         rows = [{"id": model_name, "object": "model", "created": created, "owned_by": "actkit"}]
         rows += [{"id": f"{model_name}:{v.name}@{DEFAULT_PRESET_COEF:g}", "object": "model", "created": created,
                   "owned_by": "actkit", "root": model_name, "parent": model_name}
                  for v in registry.vectors.values() if v.relative_ok]
-        return {"object": "list", "data": rows}
+        return rows
+
+    @app.get("/v1/models", dependencies=auth)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": model_rows()}
+
+    @app.get("/v1/models/{model:path}", dependencies=auth)
+    async def model(model: str) -> dict[str, Any]:
+        """One model: the served name, a listed preset, or any valid ``MODEL:VECTOR@COEF`` preset."""
+        for row in model_rows():
+            if row["id"] == model:
+                return row
+        parsed = parse_preset(model, server.names)
+        if parsed is None or (parsed[1] is not None and parsed[1].vector not in registry.vectors):
+            raise APIError(404, f"model {model!r} does not exist; GET /v1/models lists them", param="model",
+                           code="model_not_found")
+        return {"id": model, "object": "model", "created": int(time.time()), "owned_by": "actkit",
+                "root": model_name, "parent": model_name}
 
     @app.get("/v1/steering", dependencies=auth)
     async def steering() -> dict[str, Any]:
-        return {"object": "list", "model": model_name, "data": registry.describe()}
+        shown = None if guard is None else {"site": guard.probe.site, "action": guard.action,
+                                            "threshold": guard.probe.threshold}
+        return {"object": "list", "model": model_name, "data": registry.describe(),
+                "probes": server.probes.describe(), "guard": shown}
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(request: Request) -> Response:
         body: CompletionRequest = await _body(request, CompletionRequest)
         name, writes = server.steering(body)
+        reading = server.reading(body)
         stops = body.stops()
         prompts = body.prompts()
         rows = [server.token_ids(p, "prompt") for p in prompts]
@@ -346,14 +421,19 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
         requests = [GenerationRequest(prompt_ids=ids, max_new_tokens=n, temperature=body.temperature,
                                       top_p=body.top_p, seed=body.seed, writes=writes,
                                       prompt_logprobs=k if scoring else None, logprobs=body.logprobs,
-                                      eos_token_ids=frozenset() if scoring and n <= 1 else None)
+                                      eos_token_ids=frozenset() if body.ignore_eos or (scoring and n <= 1) else None,
+                                      **reading)
                     for ids, n in zip(rows, max_new, strict=True)]
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         texts = [p if isinstance(p, str) else server.tokenizer.decode(p) for p in prompts]
 
-        def chunk(index: int, text: str, finish: str | None, logprobs: Any = None) -> dict[str, Any]:
+        def chunk(index: int, text: str, finish: str | None, logprobs: Any = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            if extra is not None:
+                choice["actkit"] = extra
             return {"id": ident, "object": "text_completion", "created": created, "model": name,
-                    "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
+                    "choices": [choice]}
 
         streams = [server.submit(r) for r in requests]
         if body.stream:
@@ -364,22 +444,32 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                 try:
                     for i, stream in enumerate(streams):
                         out = Output(server.tokenizer, stops)
-                        if body.echo:
+                        offset = 0  # of the logprobs' text, as in the whole reply
+                        echo = body.echo  # the prompt still to send: at once, or with the first event's scores
+                        if echo and not scoring:
                             yield _sse(chunk(i, texts[i], None))
+                            echo = False
                         async for event in events(stream, request.is_disconnected):
+                            if echo:  # the first chunk carries the prompt's log-probabilities, as vLLM's does
+                                scores = server.completion_logprobs([], k, (rows[i], event.prompt_logprobs))
+                                offset = _end(scores, offset)
+                                yield _sse(chunk(i, texts[i], None, scores))
+                                echo = False
                             if isinstance(event, Finished):
-                                out.finished = event
+                                out.end(event)
                                 totals[0] += event.prompt_tokens
                                 totals[1] += event.completion_tokens
                                 break
                             text = out.push(event)
-                            lp = (server.completion_logprobs([event], k, None) if body.logprobs is not None
-                                  else None)
+                            lp: dict[str, Any] | None = None
+                            if body.logprobs is not None:
+                                lp = server.completion_logprobs([event], k, offset=offset)
+                                offset = _end(lp, offset)
                             if text or lp:
                                 yield _sse(chunk(i, text, None, lp))
                             if out.stopped:
                                 break
-                        yield _sse(chunk(i, out.flush(), out.reason()))
+                        yield _sse(chunk(i, out.flush(), out.reason(), None, out.extra(requests[i])))
                     if usage:
                         yield _sse({"id": ident, "object": "text_completion", "created": created, "model": name,
                                     "choices": [], "usage": _usage(*totals)})
@@ -405,9 +495,14 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                 text = out.text()[:out.sent] if out.stopped else out.text()
                 lp = None
                 if body.logprobs is not None:
-                    lp = server.completion_logprobs(out.kept_tokens(), k, (rows[i], finished) if scoring else None)
-                choices.append({"index": i, "text": (texts[i] if body.echo else "") + text, "logprobs": lp,
-                                "finish_reason": out.reason()})
+                    lp = server.completion_logprobs(out.kept_tokens(), k,
+                                                    (rows[i], finished.prompt_logprobs) if scoring else None)
+                choice = {"index": i, "text": (texts[i] if body.echo else "") + text, "logprobs": lp,
+                          "finish_reason": out.reason()}
+                extra = out.extra(requests[i])
+                if extra is not None:
+                    choice["actkit"] = extra
+                choices.append(choice)
         finally:
             for stream in streams:
                 stream.cancel()
@@ -418,20 +513,26 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
     async def chat(request: Request) -> Response:
         body: ChatRequest = await _body(request, ChatRequest)
         name, writes = server.steering(body)
+        reading = server.reading(body)
         stops = body.stops()
         ids = server.chat_ids(body)
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         max_new = server.max_new(body.max_completion_tokens or body.max_tokens, len(ids), param)
         k = body.top_logprobs or 0
         logprobs = k if body.logprobs else None
-        stream = server.submit(GenerationRequest(prompt_ids=ids, max_new_tokens=max_new,
-                                                 temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                                                 writes=writes, logprobs=logprobs))
+        asked = GenerationRequest(prompt_ids=ids, max_new_tokens=max_new, temperature=body.temperature,
+                                  top_p=body.top_p, seed=body.seed, writes=writes, logprobs=logprobs,
+                                  eos_token_ids=frozenset() if body.ignore_eos else None, **reading)
+        stream = server.submit(asked)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None, lp: Any = None) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None, lp: Any = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
+            if extra is not None:
+                choice["actkit"] = extra
             return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
+                    "choices": [choice]}
 
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -442,7 +543,7 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                     yield _sse(chunk({"role": "assistant", "content": ""}, None))
                     async for event in events(stream, request.is_disconnected):
                         if isinstance(event, Finished):
-                            out.finished = event
+                            out.end(event)
                             break
                         text = out.push(event)
                         lp = server.chat_logprobs([event], k) if body.logprobs else None
@@ -451,7 +552,7 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
                         if out.stopped:
                             break
                     rest = out.flush()
-                    yield _sse(chunk({"content": rest} if rest else {}, out.reason()))
+                    yield _sse(chunk({"content": rest} if rest else {}, out.reason(), None, out.extra(asked)))
                     if usage and out.finished is not None:
                         yield _sse({"id": ident, "object": "chat.completion.chunk", "created": created,
                                     "model": name, "choices": [],
@@ -471,12 +572,14 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
         if finished.reason == "error":
             raise APIError(500, f"generation failed: {finished.error}", type="server_error")
         text = out.text()[:out.sent] if out.stopped else out.text()
-        return JSONResponse({
-            "id": ident, "object": "chat.completion", "created": created, "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": server.chat_logprobs(out.kept_tokens(), k) if body.logprobs else None,
-                         "finish_reason": out.reason()}],
-            "usage": _usage(finished.prompt_tokens, finished.completion_tokens)})
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "logprobs": server.chat_logprobs(out.kept_tokens(), k) if body.logprobs else None,
+                  "finish_reason": out.reason()}
+        extra = out.extra(asked)
+        if extra is not None:
+            choice["actkit"] = extra
+        return JSONResponse({"id": ident, "object": "chat.completion", "created": created, "model": name,
+                             "choices": [choice], "usage": _usage(finished.prompt_tokens, finished.completion_tokens)})
 
     return app
 
@@ -485,14 +588,24 @@ async def _collect(stream: Stream, out: Output, disconnected: Disconnected, prom
     """Run a stream to its end (or its first stop string); `out.finished` stays None if the client left."""
     async for event in events(stream, disconnected):
         if isinstance(event, Finished):
-            out.finished = event
+            out.end(event)
             break
+        if not out.stops:
+            out.keep(event)
+            continue
         out.push(event)
         if out.stopped:
             break
     if out.stopped and out.finished is None:
-        out.finished = Finished("stop", prompt_tokens, len(out.tokens))
+        out.end(Finished("stop", prompt_tokens, len(out.tokens)))
     return out
+
+
+def _end(logprobs: dict[str, Any], start: int) -> int:
+    """The text offset just past a legacy logprobs object's last token (`start` when it has none)."""
+    if not logprobs["tokens"]:
+        return start
+    return int(logprobs["text_offset"][-1]) + len(logprobs["tokens"][-1])
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

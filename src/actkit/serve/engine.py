@@ -8,10 +8,17 @@ per row, and removes the rows that finished (EOS, ``max_new_tokens``, cancel, er
 The batch's KV cache is one left-padded `DynamicCache`; it is re-packed (each row's keys and values left-padded to
 the longest, concatenated along the batch) only when rows join or leave. Every decode step passes the attention
 mask (zeros on padding) and explicit position ids (each row's count of real tokens), so a row's attention and
-positions are those it would have alone. A request's writes are built for one row; at each forward they are
-restricted to that request's row (`OnRows`) and applied through `tap` with each row's prompt length, so
-``Prompt()`` and ``Generated()`` mean what they mean in `actkit.generate`. An exception raised by one request's
-write ends that request (``Finished(reason="error")``) and leaves the other rows of the same forward untouched.
+positions are those it would have alone. A request's writes are built for one row; when the batch's rows change
+they are restricted to that request's row and registered through `tap` with each row's prompt length (so
+``Prompt()`` and ``Generated()`` mean what they mean in `actkit.generate`), and the hooks stay registered for the
+decode steps until the rows change again. The rows' plain adds at a site (steering vectors) are folded into one
+add of a (rows, d) vector with per-row coefficients and position spans, each row computed exactly as its own
+`Add`; any other write is restricted to its row with `OnRows`. An exception raised by one request's write ends
+that request (``Finished(reason="error")``) and leaves the other rows of the same forward untouched.
+
+A request may also ask for per-token probe scores (``monitor``: read in its prefill and in the decode steps, no
+extra pass) and go through a latent guard (``guard``: `actkit.monitor.ProbeGate` scores its prompt in its prefill,
+so the decision to flag, refuse or steer it is made before its first token, for that row alone).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,10 +42,13 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingW
 from actkit.core.anatomy import Anatomy
 from actkit.core.generate import eos_ids, position_limit
 from actkit.core.hooks import READ_ONLY, tap
-from actkit.core.interventions import Intervention, OnRows
-from actkit.core.positions import Positions, StepContext
+from actkit.core.interventions import Add, Intervention, OnRows
+from actkit.core.positions import All, From, Generated, Last, Positions, Prompt, StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
+from actkit.monitor import Probe, guard_writes
+from actkit.monitor.guard import ACTIONS
+from actkit.steer import combine
 
 
 @dataclass
@@ -54,6 +65,9 @@ class GenerationRequest:
         prompt_logprobs: None, or k >= 0: each prompt token's log-probability (from token 1 on) and the top k.
         logprobs: None, or k >= 0: the same for every generated token.
         eos_token_ids: the ids that end generation (None: the model's generation config's).
+        monitor: name -> `Probe`: every prompt token's score and each generated token's (the score at the position
+            that produced it, as `actkit.monitor.monitor_generate` gives it), read in the passes that generate.
+        guard: a latent guard decided on the prompt in its prefill, before any token (`Guard`).
     """
 
     prompt_ids: list[int]
@@ -65,26 +79,55 @@ class GenerationRequest:
     prompt_logprobs: int | None = None
     logprobs: int | None = None
     eos_token_ids: frozenset[int] | None = None
+    monitor: Mapping[str, Probe] | None = None
+    guard: Guard | None = None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A latent guard: the prompt's score on `probe` (`actkit.monitor.ProbeGate`, in the prefill) decides.
+
+    Attributes:
+        probe: the probe; a score above its threshold flags the prompt.
+        action: ``flag`` (generate as usual; the decision is reported), ``refuse`` (a flagged request generates
+            nothing and ends with ``Finished(reason="refused")``) or ``steer`` (`writes` apply to a flagged request
+            from its prefill on, exactly as `actkit.monitor.guarded_generate` applies them).
+        writes: steer's writes, built for one row, at sites the probe's site precedes.
+    """
+
+    probe: Probe
+    action: str = "flag"
+    writes: Mapping[str, Intervention | list[Intervention]] | None = None
 
 
 @dataclass
 class Token:
-    """One generated token (an EOS token ends the stream and is not sent as a Token)."""
+    """One generated token (an EOS token ends the stream and is not sent as a Token). ``scores``: the monitor's
+    scores of the position that produced it. The first token of a request also carries what `Finished` carries
+    about the prompt (log-probabilities, the monitor's prompt scores, the guard's decision), so a stream can send
+    them first and a reply cut by a stop string keeps them."""
 
     id: int
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
+    prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
+    scores: dict[str, float] | None = None
+    prompt_scores: dict[str, list[float]] | None = None
+    guard: tuple[float, bool] | None = None
 
 
 @dataclass
 class Finished:
-    """The last event of a stream. ``completion_tokens`` counts the Token events sent (the EOS is not one)."""
+    """The last event of a stream. ``completion_tokens`` counts the Token events sent (the EOS is not one).
+    ``prompt_scores`` holds the monitor's scores of the prompt tokens; ``guard`` the guard's (score, flagged)."""
 
-    reason: str  # "stop" (EOS), "length" (max_new_tokens), "cancelled", "error"
+    reason: str  # "stop" (EOS), "length" (max_new_tokens), "cancelled", "error", "refused" (by the guard)
     prompt_tokens: int
     completion_tokens: int
     prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
     error: str | None = None
+    prompt_scores: dict[str, list[float]] | None = None
+    guard: tuple[float, bool] | None = None
 
 
 class Stream:
@@ -104,6 +147,17 @@ class Stream:
     def get(self, timeout: float | None = None) -> Token | Finished:
         """The next event; `queue.Empty` after `timeout` seconds without one."""
         return self._events.get(timeout=timeout)
+
+    def drain(self, timeout: float | None = None) -> list[Token | Finished]:
+        """The next event and every one already queued behind it (up to the `Finished`); `queue.Empty` after
+        `timeout` seconds without one. One wait for many tokens: what a consumer on another thread wants."""
+        events = [self._events.get(timeout=timeout)]
+        while not isinstance(events[-1], Finished):
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        return events
 
     def cancel(self) -> None:
         """End the request before its next step (a client disconnect, a stop string); its row is freed."""
@@ -129,6 +183,9 @@ class _Row:
     pending: int = -1  # the last sampled token, not yet in the cache
     error: str | None = None
     prompt_logprobs: list[tuple[float | None, dict[int, float]]] | None = None
+    prompt_scores: dict[str, list[float]] | None = None
+    scores: dict[str, float] | None = None  # the monitor's scores of the position read last (the next token's)
+    guard: tuple[float, bool] | None = None
     writes: list[tuple[str, list[Intervention]]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +194,14 @@ class _Row:
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_ids)
+
+    @property
+    def monitored(self) -> dict[str, list[tuple[str, Probe]]]:
+        """site -> the (name, probe) pairs this request monitors there."""
+        out: dict[str, list[tuple[str, Probe]]] = {}
+        for name, probe in (self.request.monitor or {}).items():
+            out.setdefault(probe.site, []).append((name, probe))
+        return out
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -179,6 +244,165 @@ class _Guarded(Intervention):
 
     def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         return self.inner.edit(x, ctx)
+
+
+_FAR = 2**62
+#: The position rules a folded add turns into one span [lo, hi) of absolute positions per row (exact types only:
+#: a subclass may select otherwise).
+_SPANS: dict[type[Positions], Callable[[Positions, int], tuple[int, int]]] = {
+    All: lambda p, n: (0, _FAR),
+    Prompt: lambda p, n: (0, n),
+    Generated: lambda p, n: (n, _FAR),
+    Last: lambda p, n: (n - 1, n),
+    From: lambda p, n: (cast(From, p).start, _FAR),
+}
+
+
+class _Spans(Positions):
+    """Per row, the tokens at absolute positions in [lo, hi): the rows' rules of a folded add in one comparison."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor):
+        self.lo = lo[:, None]
+        self.hi = hi[:, None]
+
+    def select(self, ctx: StepContext) -> torch.Tensor:
+        return (ctx.positions >= self.lo) & (ctx.positions < self.hi)
+
+
+class _Fold(Add):
+    """The k-th `Add` of several rows at one site, as ONE add of a (B, d) vector with (B,) coefficients: each row
+    gets ``x + coef * vector`` at its own positions, computed exactly as its own `Add` computes it, and the other
+    rows keep their values bit for bit. If it raises, all its rows fail and keep their values."""
+
+    def __init__(self, vector: torch.Tensor, coef: torch.Tensor, spans: _Spans, rows: list[_Row]):
+        super().__init__(vector, coef, spans)
+        self.rows = rows
+        self.delta = coef[:, None] * vector  # (B, d): each row's coef * vector, as its own Add computes it
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        try:
+            delta = self.delta
+            if x.dim() != 3 or x.dtype != delta.dtype or x.device != delta.device or x.shape[0] != delta.shape[0] \
+                    or x.shape[-1] != delta.shape[-1]:
+                return super().__call__(x, mask, ctx)  # the general path (and its errors)
+            return torch.where(mask[..., None], x + delta[:, None, :], x)  # no step-by-step broadcasting rules
+        except Exception as error:
+            for row in self.rows:
+                row.fail(error)
+            return x
+
+
+def _foldable(value: Intervention) -> tuple[torch.Tensor, float | torch.Tensor, Positions] | None:
+    """(vector (d,), coefficient, positions) of a plain one-row `Add` whose positions are a span rule, else None."""
+    if type(value) is not Add or type(value.positions) not in _SPANS:
+        return None
+    vector, coef = value.vector, value.coef
+    if not isinstance(vector, torch.Tensor) or not (vector.dim() == 1 or (vector.dim() == 2 and vector.shape[0] == 1)):
+        return None
+    if isinstance(coef, torch.Tensor):
+        if coef.numel() != 1 or coef.dim() > 1:
+            return None
+    elif isinstance(coef, bool) or not isinstance(coef, (int, float)):
+        return None
+    return vector.reshape(-1), coef, value.positions
+
+
+def _only(rows: int, i: int) -> torch.Tensor:
+    out = torch.zeros(rows, dtype=torch.bool)
+    out[i] = True
+    return out
+
+
+def _batch_writes(rows: list[_Row], dtype: torch.dtype, device: torch.device) -> dict[str, list[Intervention]]:
+    """The writes of a batch, each row's restricted to it.
+
+    At each site, the rows whose writes there are all plain adds are folded into one `_Fold` per rank (their first
+    adds, their second adds, ...), built in the model's `dtype`; any other row keeps its own writes there, each
+    restricted to its row (`OnRows`). Rows touch disjoint rows of the activation, so the order between rows does
+    not matter; within a row, its writes keep their order.
+    """
+    by_site: dict[str, list[tuple[int, list[Intervention]]]] = {}
+    for i, row in enumerate(rows):
+        mine: dict[str, list[Intervention]] = {}
+        for site, values in row.writes:
+            mine.setdefault(site, []).extend(values)
+        for site, values in mine.items():
+            by_site.setdefault(site, []).append((i, values))
+    writes: dict[str, list[Intervention]] = {}
+    for site, entries in by_site.items():
+        out = writes.setdefault(site, [])
+        folded: list[tuple[int, list[tuple[torch.Tensor, float | torch.Tensor, Positions]]]] = []
+        loose: list[tuple[int, list[Intervention]]] = []
+        for i, values in entries:
+            adds = [_foldable(v) for v in values]
+            if all(a is not None for a in adds):
+                folded.append((i, [a for a in adds if a is not None]))
+            else:
+                loose.append((i, values))
+        if len({(v.shape[0], v.dtype) for _, adds in folded for v, _, _ in adds}) > 1:
+            loose = entries  # the rows disagree on the site's width: each succeeds or fails on its own
+            folded = []
+        for i, values in loose:
+            out.extend(_Guarded(OnRows(v, _only(len(rows), i)), rows[i]) for v in values)
+        for rank in range(max((len(adds) for _, adds in folded), default=0)):
+            members = [(i, adds[rank]) for i, adds in folded if len(adds) > rank]
+            vector = torch.zeros(len(rows), members[0][1][0].shape[0], dtype=dtype, device=device)
+            coef = torch.zeros(len(rows), dtype=dtype, device=device)
+            lo = torch.zeros(len(rows), dtype=torch.long)
+            hi = torch.zeros(len(rows), dtype=torch.long)
+            for i, (v, c, p) in members:
+                vector[i] = v
+                coef[i] = float(c)
+                lo[i], hi[i] = _SPANS[type(p)](p, rows[i].prompt_len)
+            out.append(_Fold(vector, coef, _Spans(lo.to(device), hi.to(device)), [rows[i] for i, _ in members]))
+    return writes
+
+
+def _prompt_reads(row: _Row) -> dict[str, list[Callable[..., None]]]:
+    """The prefill's reads of a monitored row: every prompt token's score (``row.prompt_scores``) and the last
+    one's, which is the first generated token's (``row.scores``)."""
+    reads: dict[str, list[Callable[..., None]]] = {}
+    for site, probes in row.monitored.items():
+        def read(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext, probes: list[tuple[str, Probe]] = probes
+                 ) -> None:
+            if row.prompt_scores is None:
+                row.prompt_scores, row.scores = {}, {}
+            assert row.scores is not None
+            for name, probe in probes:
+                scores = probe.project(x[0]).tolist()
+                row.prompt_scores[name] = scores
+                row.scores[name] = scores[-1]
+        reads[site] = [read]
+    return reads
+
+
+def _batch_reads(rows: list[_Row]) -> dict[str, list[Callable[..., None]]]:
+    """The decode steps' reads of the monitored rows: each one's score of the token it reads, which is the score
+    of the token sampled next (``row.scores``)."""
+    by_site: dict[str, list[tuple[int, str, Probe]]] = {}
+    for i, row in enumerate(rows):
+        for site, probes in row.monitored.items():
+            by_site.setdefault(site, []).extend((i, name, probe) for name, probe in probes)
+    reads: dict[str, list[Callable[..., None]]] = {}
+    for site, wanted in by_site.items():
+        index = sorted({i for i, _, _ in wanted})
+        distinct = list({id(p): p for _, _, p in wanted}.values())  # each probe once
+        column = {id(p): k for k, p in enumerate(distinct)}
+        weight = torch.stack([p.weight for p in distinct], dim=1)  # (d, P)
+        bias = torch.tensor([p.bias for p in distinct], dtype=torch.float32)
+
+        def read(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext, wanted: list[tuple[int, str, Probe]] = wanted,
+                 index: list[int] = index, weight: torch.Tensor = weight, bias: torch.Tensor = bias,
+                 column: dict[int, int] = column) -> None:
+            if x.shape[-1] != weight.shape[0]:
+                raise ActkitError(f"a probe has size {weight.shape[0]} but the site has size {x.shape[-1]}")
+            last = x[index, -1].to(torch.float32)
+            scores = (last @ weight.to(x.device) + bias.to(x.device)).tolist()
+            at = {i: k for k, i in enumerate(index)}
+            for i, name, probe in wanted:
+                rows[i].scores = {**(rows[i].scores or {}), name: scores[at[i]][column[id(probe)]]}
+        reads[site] = [read]
+    return reads
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -232,7 +456,8 @@ class Engine:
             raise ActkitError(f"{type(model).__name__} does not state its context length (max_position_embeddings); "
                               "the engine needs it to refuse prompts that do not fit")
         self._limit = limit
-        self._device = next(model.parameters()).device
+        first = next(model.parameters())
+        self._device, self._dtype = first.device, first.dtype
         self.tokenizer = tokenizer
         self._eos = frozenset(eos_ids(model, None))
         get_embeddings = getattr(model, "get_input_embeddings", None)
@@ -248,8 +473,8 @@ class Engine:
         self._deadline = math.inf
         self._thread: threading.Thread | None = None
         self._active: list[_Row] = []  # touched by the loop thread only, like the cache
-        self._writes_rows: list[_Row] = []  # the rows `_writes` was built for
-        self._writes: tuple[dict[str, list[Intervention]], torch.Tensor] = ({}, torch.zeros(0))
+        self._hooks = ExitStack()  # the batch's write hooks, registered while its rows stay the same
+        self._writes_rows: list[_Row] = []  # the rows they were built for
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
 
@@ -307,6 +532,11 @@ class Engine:
             self._cond.notify()
         return stream
 
+    def load(self) -> dict[str, int]:
+        """How many requests are being decoded (``running``) and queued (``waiting``) now."""
+        with self._cond:
+            return {"running": len(self._active), "waiting": len(self._waiting)}
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop accepting; let active and queued requests finish within `timeout` seconds, cancel the rest, and
         join the thread (which returns after the step running at the deadline)."""
@@ -348,7 +578,21 @@ class Engine:
                 raise ActkitError(f"{name} must be None or an integer of at least 0, got {k!r}")
         if request.eos_token_ids is not None and not all(_is_int(t) for t in request.eos_token_ids):
             raise ActkitError("eos_token_ids must be integers")
-        for raw, values in (request.writes or {}).items():
+        for name, probe in (request.monitor or {}).items():
+            if not isinstance(probe, Probe):
+                raise ActkitError(f"monitor {name!r}: {type(probe).__name__} is not a Probe")
+            self._anatomy.point(Site.parse(probe.site))
+        guard = request.guard
+        if guard is not None:
+            if not isinstance(guard, Guard) or not isinstance(guard.probe, Probe):
+                raise ActkitError("guard must be a Guard holding a Probe")
+            if guard.action not in ACTIONS:
+                raise ActkitError(f"unknown guard action {guard.action!r}; use one of {', '.join(ACTIONS)}")
+            self._anatomy.point(Site.parse(guard.probe.site))
+        writes: dict[str, Intervention | list[Intervention]] = dict(request.writes or {})
+        if guard is not None and guard.action == "steer":
+            writes = dict(combine(writes, guard.writes))
+        for raw, values in writes.items():
             site = Site.parse(raw)
             if site.kind in READ_ONLY:
                 raise ActkitError(f"site {site} is read-only: {READ_ONLY[site.kind]}")
@@ -371,6 +615,7 @@ class Engine:
         for row in self._active:
             self._finish(row, "cancelled")
         self._release(list(range(len(self._active))))
+        self._close_writes()
         self._cancel_waiting()
 
     def _step(self) -> None:
@@ -384,6 +629,7 @@ class Engine:
                 row.fail(error)
                 self._finish(row, "error")
             self._release(list(range(len(self._active))))
+            self._close_writes()
 
     def _cancel_waiting(self) -> None:
         with self._cond:
@@ -439,10 +685,30 @@ class Engine:
                                   "use_cache": request.max_new_tokens > 0}
         if self._keep_last and request.prompt_logprobs is None:
             inputs["logits_to_keep"] = 1
-        out = self._forward([row], inputs)
-        if row.error is not None:
-            self._finish(row, "error")
-            return None
+        self._close_writes()
+        writes: dict[str, list[Intervention]] = combine(request.writes)
+        gate = None
+        if request.guard is not None:  # the gate first at its site: it reads the prompt before the row's writes
+            guard = request.guard
+            steer = guard.action == "steer"
+            guarding, gate = guard_writes(guard.probe, "steer" if steer else "flag", guard.writes if steer else None)
+            writes = combine(guarding, writes)
+        reads = _prompt_reads(row)
+        with torch.inference_mode():
+            if writes or reads:
+                with tap(self.model, write=writes, read=reads):
+                    out = self.model(**inputs)
+            else:
+                out = self.model(**inputs)
+        if gate is not None:
+            assert gate.scores is not None and gate.decision is not None and request.guard is not None
+            row.guard = (float(gate.scores[0]), bool(gate.decision[0]))
+            if row.guard[1] and request.guard.action == "refuse":
+                self._finish(row, "refused")
+                return None
+            if row.guard[1] and request.guard.action == "steer":  # first, as in the prefill
+                row.writes = [(str(Site.parse(raw)), _as_list(values))
+                              for raw, values in (request.guard.writes or {}).items()] + row.writes
         if request.prompt_logprobs is not None:
             logprobs = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
             chosen = logprobs.gather(1, ids[0, 1:, None]).reshape(-1).tolist()
@@ -478,30 +744,30 @@ class Engine:
         self._release(sorted(done + [live[j] for j in ended]))
 
     def _forward(self, rows: list[_Row], inputs: dict[str, Any]) -> Any:
-        """One forward of the batch `rows`, each row's writes restricted to it."""
-        writes, lengths = self._batch_writes(rows)
+        """One decode step of the batch `rows`, each row's writes and reads restricted to it. The batch's hooks
+        stay registered from step to step while its rows stay the same."""
+        if any(row.writes or row.request.monitor for row in rows):
+            self._hold_writes(rows)
+        else:
+            self._close_writes()
         with torch.inference_mode():
-            if not writes:
-                return self.model(**inputs)
-            with tap(self.model, write=writes, prompt_lengths=lengths):
-                return self.model(**inputs)
+            return self.model(**inputs)
 
-    def _batch_writes(self, rows: list[_Row]) -> tuple[dict[str, list[Intervention]], torch.Tensor]:
-        """The batch's writes (each row's restricted to it) and prompt lengths: built when the rows change, not at
-        every decode step."""
+    def _hold_writes(self, rows: list[_Row]) -> None:
+        """Register the hooks of the batch `rows` unless they are registered already."""
         held = self._writes_rows  # held, not their ids: a freed row's id may be reused by a new row
-        if len(held) != len(rows) or any(a is not b for a, b in zip(held, rows, strict=False)):
-            writes: dict[str, list[Intervention]] = {}
-            for i, row in enumerate(rows):
-                if not row.writes:
-                    continue
-                only = torch.zeros(len(rows), dtype=torch.bool)
-                only[i] = True
-                for site, values in row.writes:
-                    writes.setdefault(site, []).extend(_Guarded(OnRows(v, only), row) for v in values)
-            lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
-            self._writes_rows, self._writes = list(rows), (writes, lengths)
-        return self._writes
+        if len(held) == len(rows) and all(a is b for a, b in zip(held, rows, strict=True)):
+            return
+        self._close_writes()
+        lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
+        self._hooks.enter_context(tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
+                                      read=_batch_reads(rows), prompt_lengths=lengths))
+        self._writes_rows = list(rows)
+
+    def _close_writes(self) -> None:
+        """Remove the batch's hooks (before a prefill, when the batch empties, at the end)."""
+        self._hooks.close()
+        self._writes_rows = []
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Pick and send each row's next token from its (V,) logits; returns the indices of the rows that ended."""
@@ -515,7 +781,9 @@ class Engine:
                 self._finish(row, "stop")
                 ended.append(i)
                 continue
-            event = Token(token)
+            first = row.generated == 0
+            event = Token(token, scores=row.scores, prompt_logprobs=row.prompt_logprobs if first else None,
+                          prompt_scores=row.prompt_scores if first else None, guard=row.guard if first else None)
             if request.logprobs is not None:
                 logprobs = torch.log_softmax(logits[i], dim=-1)
                 event.logprob = float(logprobs[token])
@@ -539,7 +807,7 @@ class Engine:
 
     def _finish(self, row: _Row, reason: str) -> None:
         row.stream._put(Finished(reason, row.prompt_len, row.generated, row.prompt_logprobs,
-                                 row.error if reason == "error" else None))
+                                 row.error if reason == "error" else None, row.prompt_scores, row.guard))
 
     # ---- the batch's cache ----
 
@@ -566,6 +834,7 @@ class Engine:
         self._active = [self._active[i] for i in keep]
         if not keep or self._cache is None or self._mask is None:
             self._cache = self._mask = None
+            self._close_writes()
             return
         index = torch.tensor(keep, device=self._device)
         mask = self._mask[index]

@@ -79,7 +79,9 @@ class _Sampling(_Strict):
     presence_penalty: StrictFloat = Field(0.0, ge=0.0, le=0.0)  # not implemented: only the neutral 0
     frequency_penalty: StrictFloat = Field(0.0, ge=0.0, le=0.0)
     logit_bias: dict[str, Any] | None = Field(None, max_length=0)
+    ignore_eos: StrictBool = False  # vLLM's: generate max_tokens tokens, past any end-of-sequence token
     steer: list[Any] | None = None
+    monitor: list[Any] | None = None  # probe or vector names (actkit.serve.monitoring)
     vllm_xargs: dict[StrictStr, StrictStr | StrictInt | StrictFloat] | None = None
 
     def stops(self) -> list[str]:

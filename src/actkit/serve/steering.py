@@ -156,9 +156,9 @@ def parse_steer(steer: list[Any] | None, xargs: Mapping[str, Any] | None) -> lis
     given: the top-level items come first). Every problem is a 400 naming the parameter."""
     items: list[tuple[str, Any]] = [(f"steer.{i}", item) for i, item in enumerate(steer or [])]
     if xargs:
-        unknown = sorted(set(xargs) - {"steer"})
+        unknown = sorted(set(xargs) - {"steer", "monitor"})
         if unknown:
-            raise APIError(400, f"vllm_xargs: unknown key(s) {unknown}; actkit reads 'steer'", param="vllm_xargs")
+            raise APIError(400, f"vllm_xargs: unknown key(s) {unknown}; actkit reads 'steer' and 'monitor'", param="vllm_xargs")
         if "steer" in xargs:
             text = xargs["steer"]
             if not isinstance(text, str):
