@@ -1,6 +1,7 @@
 """Writing files safely: never over a user's file without ``overwrite``, never half a file, never a traceback.
 
-This is the one place actkit writes results. Three shapes cover every output:
+This is the one place actkit writes results (and reads its safetensors files back: `read_safetensors`). Three
+shapes cover every output:
 
 - `atomic_file(path)`: one file (a vector, a GGUF control vector, a probe), written under a hidden temporary name
   in the same folder and renamed into place, so a reader sees the old file or the whole new one.
@@ -255,6 +256,26 @@ def undone_on_failure(folder: str | Path) -> Iterator[Path]:
             except OSError:
                 break
         raise
+
+
+def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """A safetensors file's text header and its tensors, read without pickle; a missing or unreadable file is an
+    `ActkitError` naming `what` (``"vector file"``, ``"probe file"``...) and the path.
+
+    The one reader behind vectors, LinEAS maps, probes and SAE weights, so each gives the same clear errors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise ActkitError(f"{what} {str(p)!r} does not exist")
+    try:
+        with safe_open(str(p), framework="pt") as handle:  # type: ignore[no-untyped-call]
+            header = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ActkitError(f"{str(p)!r} is not a readable safetensors file ({error})") from None
+    return header, tensors
 
 
 def to_json(result: Any) -> str:

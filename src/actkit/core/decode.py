@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actkit.core.generate import eos_ids, position_limit, prompt_token_ids
+from actkit.core.generate import eos_ids, prompt_rows
 from actkit.core.hooks import tap
 from actkit.errors import ActkitError
 
@@ -214,22 +214,9 @@ def decode_ids(
     Raises:
         ActkitError: for bad arguments and for a prompt that does not fit the model's context.
     """
-    if isinstance(prompts, str):
-        raise ActkitError("prompts must be a list of strings, not one string")
-    if not prompts:
-        raise ActkitError("no prompts given")
-    if max_new_tokens < 1:
-        raise ActkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if do_sample and not (temperature > 0 and 0 < top_p <= 1):
         raise ActkitError(f"sampling needs temperature > 0 and top_p in (0, 1], got {temperature} and {top_p}")
-    rows = [prompt_token_ids(tokenizer, p, chat) for p in prompts]
-    limit = position_limit(model)
-    for i, ids in enumerate(rows):
-        if not ids:
-            raise ActkitError(f"prompt {i} is empty after tokenization")
-        if limit is not None and len(ids) + max_new_tokens > limit:
-            raise ActkitError(f"prompt {i} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is more "
-                              f"than the model's context of {limit} tokens: shorten it or generate fewer tokens")
+    rows = prompt_rows(model, tokenizer, prompts, max_new_tokens, chat)
     if getattr(model, "generation_config", None) is None:
         raise ActkitError(f"{type(model).__name__} cannot generate text (it has no generation config)")
     eos = eos_ids(model, eos_token_id)

@@ -84,6 +84,31 @@ def _warn_degenerate(rows: list[int], steered: bool, dtype: torch.dtype) -> None
                   UserWarning, stacklevel=3)
 
 
+def prompt_rows(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
+                chat: bool) -> list[list[int]]:
+    """Each prompt's token ids, checked: a list of prompts, each non-empty, each fitting the model's context
+    together with `max_new_tokens` (what every generation loop must refuse before it starts)."""
+    if isinstance(prompts, str):
+        raise ActkitError("prompts must be a list of strings, not one string")
+    if not prompts:
+        raise ActkitError("no prompts given")
+    if max_new_tokens < 1:
+        raise ActkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    rows = [prompt_token_ids(tokenizer, p, chat) for p in prompts]
+    limit = position_limit(model)
+    for i, ids in enumerate(rows):
+        if not ids:
+            raise ActkitError(f"prompt {i} is empty after tokenization")
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise ActkitError(
+                f"prompt {i} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
+                f"{len(ids) + max_new_tokens} positions, but the model's context is {limit} tokens: shorten the "
+                f"prompt to at most {limit - max_new_tokens} tokens or generate fewer tokens"
+                if max_new_tokens < limit else
+                f"max_new_tokens={max_new_tokens} does not fit the model's context of {limit} tokens with any prompt")
+    return rows
+
+
 def generate_ids(
     model: nn.Module,
     tokenizer: Any,
@@ -106,26 +131,9 @@ def generate_ids(
     KV-cache decode step; their context's ``documents`` is each row's index in `prompts` (across batches), and its
     ``positions`` count real tokens, so a sink can place each value at (prompt, position) whatever the padding.
     """
-    if isinstance(prompts, str):
-        raise ActkitError("prompts must be a list of strings, not one string")
-    if not prompts:
-        raise ActkitError("no prompts given")
-    if max_new_tokens < 1:
-        raise ActkitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if batch_size is not None and batch_size < 1:
         raise ActkitError(f"batch_size must be at least 1, got {batch_size}")
-    rows = [prompt_token_ids(tokenizer, p, chat) for p in prompts]
-    limit = position_limit(model)
-    for i, ids in enumerate(rows):
-        if not ids:
-            raise ActkitError(f"prompt {i} is empty after tokenization")
-        if limit is not None and len(ids) + max_new_tokens > limit:
-            raise ActkitError(
-                f"prompt {i} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
-                f"{len(ids) + max_new_tokens} positions, but the model's context is {limit} tokens: shorten the "
-                f"prompt to at most {limit - max_new_tokens} tokens or generate fewer tokens"
-                if max_new_tokens < limit else
-                f"max_new_tokens={max_new_tokens} does not fit the model's context of {limit} tokens with any prompt")
+    rows = prompt_rows(model, tokenizer, prompts, max_new_tokens, chat)
     pad = getattr(tokenizer, "pad_token_id", None)
     eos = eos_ids(model, eos_token_id)
     if pad is None:

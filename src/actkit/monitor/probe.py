@@ -38,7 +38,7 @@ from torch import nn
 from actkit.core.layers import resolve_layers
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
-from actkit.io import atomic_file, check_output_file
+from actkit.io import atomic_file, check_output_file, read_safetensors
 from actkit.steer.directions import read_activations
 from actkit.steer.vectors import CONFIG_FIELDS, SteeringVector, model_metadata
 
@@ -479,17 +479,8 @@ def load_probe(path: str | Path, model: nn.Module | None = None) -> Probe:
     Returns:
         The `Probe` (float32, CPU). A file that is not a probe raises `ActkitError`.
     """
-    from safetensors import SafetensorError, safe_open
-
     p = Path(path)
-    if not p.is_file():
-        raise ActkitError(f"probe file {str(p)!r} does not exist")
-    try:
-        with safe_open(str(p), framework="pt") as handle:  # type: ignore[no-untyped-call]
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ActkitError(f"{str(p)!r} is not a readable safetensors file ({error})") from None
+    header, tensors = read_safetensors(p, "probe file")
     if "actkit_probe" not in header:
         hint = " (it is a steering vector: use probe_from_vector)" if "actkit" in header else ""
         raise ActkitError(f"{str(p)!r} is not an actkit probe file{hint}; train one with `actkit probe train`")

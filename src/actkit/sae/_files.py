@@ -26,7 +26,7 @@ from torch import nn
 from actkit.core.anatomy import Anatomy
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
-from actkit.io import atomic_folder
+from actkit.io import atomic_folder, read_safetensors
 from actkit.sae._model import ARCHITECTURES, SparseAutoencoder
 from actkit.steer.vectors import CONFIG_FIELDS, model_metadata
 
@@ -191,8 +191,6 @@ def load_sae(folder: str | Path, model: nn.Module | None = None) -> SparseAutoen
         The `SparseAutoencoder`, float32 on the CPU. Missing files, unknown architectures, activation
         normalization other than ``none``, misnamed or misshapen tensors raise `ActkitError`.
     """
-    from safetensors import SafetensorError, safe_open
-
     p = Path(folder)
     if not p.is_dir():
         raise ActkitError(f"SAE folder {str(p)!r} does not exist (an SAE is a folder with {CFG_FILE} and "
@@ -219,11 +217,7 @@ def load_sae(folder: str | Path, model: nn.Module | None = None) -> SparseAutoen
     weights = p / WEIGHTS_FILE
     if not weights.is_file():
         raise ActkitError(f"{str(p)!r} has no {WEIGHTS_FILE}")
-    try:
-        with safe_open(str(weights), framework="pt") as handle:  # type: ignore[no-untyped-call]
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ActkitError(f"{str(weights)!r} is not a readable safetensors file ({error})") from None
+    _, tensors = read_safetensors(weights, "SAE weights file")
     needed = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if architecture == "jumprelu" else [])
     missing = [key for key in needed if key not in tensors]
     if missing:

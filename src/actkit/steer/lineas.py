@@ -44,7 +44,7 @@ from actkit.core.layers import resolve_layers
 from actkit.core.positions import Positions, StepContext, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
-from actkit.io import atomic_file, check_output_file
+from actkit.io import atomic_file, check_output_file, read_safetensors
 from actkit.steer.directions import read_activations
 from actkit.steer.pairs import Pair, pairs_hash
 from actkit.steer.vectors import SteeringVector, check_fits, check_metadata, model_metadata
@@ -437,17 +437,8 @@ def load_lineas(path: str | Path, model: nn.Module | None = None) -> LinEAS:
     Returns:
         The `LinEAS`, float32, on the CPU.
     """
-    from safetensors import SafetensorError, safe_open
-
     p = Path(path)
-    if not p.is_file():
-        raise ActkitError(f"LinEAS file {str(p)!r} does not exist")
-    try:
-        with safe_open(str(p), framework="pt") as handle:  # type: ignore[no-untyped-call]
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ActkitError(f"{str(p)!r} is not a readable safetensors file ({error})") from None
+    header, tensors = read_safetensors(p, "LinEAS file")
     if header.get("kind") != KIND or "actkit" not in header:
         raise ActkitError(f"{str(p)!r} is not a LinEAS file (train one with actkit vector train --method lineas)")
     if header.get("format_version") != FORMAT_VERSION:

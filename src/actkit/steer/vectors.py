@@ -30,7 +30,7 @@ from actkit.core.interventions import Add, Intervention
 from actkit.core.positions import Positions, parse_positions
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
-from actkit.io import atomic_file, check_output_file
+from actkit.io import atomic_file, check_output_file, read_safetensors
 from actkit.models.naming import model_name
 
 FORMAT_VERSION = "1"
@@ -239,17 +239,8 @@ def load_vector(path: str | Path, model: nn.Module | None = None) -> SteeringVec
         The `SteeringVector`, float32, on the CPU. Files that are not safetensors, lack actkit's metadata, or
         hold misnamed, misshapen or non-finite tensors raise `ActkitError`.
     """
-    from safetensors import SafetensorError, safe_open
-
     p = Path(path)
-    if not p.is_file():
-        raise ActkitError(f"vector file {str(p)!r} does not exist")
-    try:
-        with safe_open(str(p), framework="pt") as handle:  # type: ignore[no-untyped-call]
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ActkitError(f"{str(p)!r} is not a readable safetensors file ({error})") from None
+    header, tensors = read_safetensors(p, "vector file")
     if "actkit" not in header:
         raise ActkitError(f"{str(p)!r} has no actkit metadata: it was not written by actkit's save_vector")
     version = header.get("format_version")
