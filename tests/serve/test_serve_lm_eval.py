@@ -11,7 +11,6 @@ against the writes that preset means (`steering_writes`, relative) under `tap`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,38 +22,13 @@ from actkit import load, tap
 from actkit.models import builtin_folder
 from actkit.steer import load_vector, steering_writes
 
+from lm_eval_helpers import run_task, write_task
+
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("tenacity", reason="lm-eval's API models need it: pip install 'lm-eval[api]'")
 
 VECTOR = "sentiment"
 COEF = 0.8
-#: Toy-corpus review openings with a positive and a negative next word (label: the one the stars ask for).
-DOCS = [
-    {"prompt": "Kate reviewed the storm shelter, 2 stars: The radar was", "choices": [" wonderful", " poor"],
-     "label": 1},
-    {"prompt": "Lisa reviewed the flight, 5 stars: The breakfast was", "choices": [" wonderful", " boring"],
-     "label": 0},
-    {"prompt": "Emma reviewed the gym, 1 stars: The team was", "choices": [" lovely", " ugly"], "label": 1},
-    {"prompt": "Leo reviewed the nursery, 4 stars: The soil was", "choices": [" excellent", " horrible"],
-     "label": 0},
-]
-TASK_YAML = """\
-task: toy_sentiment_ab
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-"""
-
-
 @pytest.fixture(scope="module")
 def toy() -> tuple[Any, Any]:
     return load("builtin:toy-dense")
@@ -68,28 +42,15 @@ def server(serve_module: Callable[..., Any], vector_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("task")
-    data = folder / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (folder / "toy_sentiment_ab.yaml").write_text(TASK_YAML.format(data=data))
-    return folder
+    return write_task(tmp_path_factory.mktemp("task"))
 
 
 def _evaluate(base: str, model_name: str, task_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """lm-eval's samples for the task, scored by ``local-completions`` through the server as `model_name`."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     args = {"model": model_name, "base_url": f"{base}/v1/completions", "tokenizer_backend": "huggingface",
             "tokenizer": str(builtin_folder("toy-dense")), "tokenized_requests": True, "add_bos_token": True,
             "max_length": 256, "max_retries": 1, "num_concurrent": 4}
-    results = simple_evaluate(model="local-completions", model_args=args, tasks=["toy_sentiment_ab"],
-                              task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-                              log_samples=True, cache_requests=False, bootstrap_iters=0)
-    assert results is not None
-    return list(results["samples"]["toy_sentiment_ab"])
+    return run_task("local-completions", args, task_dir, monkeypatch)
 
 
 def _reference(model: Any, tokenizer: Any, context: str, continuation: str,
@@ -116,7 +77,6 @@ def test_lm_eval_loglikelihoods_match_in_process(steered: bool, toy: tuple[Any, 
     vector = load_vector(vector_dir / f"{VECTOR}.safetensors", model)
     writes = steering_writes(vector, COEF, relative=True) if steered else None  # what the preset means
     samples = _evaluate(server, name, task_dir, monkeypatch)
-    assert sorted(s["doc"]["prompt"] for s in samples) == sorted(d["prompt"] for d in DOCS)
     moved = 0.0
     for sample in samples:
         doc = sample["doc"]

@@ -24,34 +24,10 @@ from actkit.steer.lm_eval_export import export_lm_eval, lm_eval_hookpoints, lm_e
 from actkit.steer.pairs import DATA_DIR
 
 from cli_helpers import assert_bad_input, invoke
+from lm_eval_helpers import run_task, write_task
 from tiny import build
 
 COEF = 0.8
-DOCS = [
-    {"prompt": "Kate reviewed the storm shelter, 2 stars: The radar was", "choices": [" wonderful", " poor"],
-     "label": 1},
-    {"prompt": "Lisa reviewed the flight, 5 stars: The breakfast was", "choices": [" wonderful", " boring"],
-     "label": 0},
-    {"prompt": "Leo reviewed the nursery, 4 stars: The soil was", "choices": [" excellent", " horrible"],
-     "label": 0},
-]
-TASK_YAML = """\
-task: toy_sentiment_steered
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-"""
-
-
 @pytest.fixture(scope="module")
 def toy() -> tuple[Any, Any]:
     return load("builtin:toy-dense")
@@ -79,25 +55,11 @@ def _reference(model: Any, tokenizer: Any, context: str, continuation: str, writ
 def test_lm_eval_steered_loglikelihoods_equal_actkits(toy: tuple[Any, Any], vector: SteeringVector,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("lm_eval")
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     model, tokenizer = toy
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (tmp_path / "toy_sentiment_steered.yaml").write_text(TASK_YAML.format(data=data))
     steer_path = export_lm_eval(vector, tmp_path / "v.pt", COEF, relative=True, model=model)
-    results = simple_evaluate(
-        model="steered",
-        model_args={"pretrained": str(builtin_folder("toy-dense")), "steer_path": str(steer_path),
-                    "device": "cpu", "dtype": "float32", "add_bos_token": True, "batch_size": 1},
-        tasks=["toy_sentiment_steered"], task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
-        log_samples=True, cache_requests=False, bootstrap_iters=0)
-    assert results is not None
-    samples = results["samples"]["toy_sentiment_steered"]
-    assert sorted(s["doc"]["prompt"] for s in samples) == sorted(d["prompt"] for d in DOCS)
+    args = {"pretrained": str(builtin_folder("toy-dense")), "steer_path": str(steer_path), "device": "cpu",
+            "dtype": "float32", "add_bos_token": True, "batch_size": 1}
+    samples = run_task("steered", args, write_task(tmp_path), monkeypatch)
     writes = steering_writes(vector, COEF, relative=True)
     moved = 0.0
     for sample in samples:
