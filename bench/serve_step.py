@@ -3,8 +3,9 @@
 A batch of 8 rows of builtin:toy-dense decodes one token per step from a KV cache, as `actkit.serve.engine.Engine`
 does it, three ways: unsteered; each steered row's `Add` restricted to its row with `OnRows` (the engine's first
 design, one write per row per step); and the engine's folded add (`_batch_writes`: one add of a (rows, d) vector
-with per-row coefficients and position spans). Every row but the last is steered with its own coefficient. One
-torch thread, CPU time of this process, median over interleaved rounds.
+with per-row coefficients and position spans), with each step's context given by the engine (`_Held.expect`)
+rather than worked out from the inputs, as the engine does. Every row but the last is steered with its own
+coefficient. One torch thread, CPU time of this process, median over interleaved rounds.
 
     python bench/serve_step.py [--rounds 7] [--steps 60]
 """
@@ -21,7 +22,7 @@ import torch
 from actkit import Add, load
 from actkit.core.hooks import tap
 from actkit.core.interventions import OnRows
-from actkit.serve.engine import GenerationRequest, Stream, _batch_writes, _Row
+from actkit.serve.engine import GenerationRequest, Stream, _batch_writes, _Held, _Row
 
 ROWS, PROMPT, SITE = 8, 12, "resid_post.1"
 
@@ -52,12 +53,17 @@ def step_ms(model: Any, way: str, vector: torch.Tensor, steps: int) -> float:
         mask = torch.ones(ROWS, PROMPT, dtype=torch.long)
         token = ids[:, -1:]
         hooks = writes(way, vector)
-        with tap(model, write=hooks, prompt_lengths=torch.full((ROWS,), PROMPT)) if hooks else _nothing():
+        lengths = torch.full((ROWS,), PROMPT)
+        with tap(model, write=hooks, prompt_lengths=lengths) if hooks else _nothing() as state:
+            held = _Held(state, lengths) if way == "fold" else None
             start = time.process_time()
             for k in range(steps):
                 mask = torch.cat([mask, torch.ones(ROWS, 1, dtype=torch.long)], dim=1)
-                out = model(input_ids=token, attention_mask=mask, position_ids=torch.full((ROWS, 1), PROMPT + k),
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+                positions = torch.full((ROWS, 1), PROMPT + k)
+                if held is not None:
+                    held.expect(positions)
+                out = model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1)
                 cache = out.past_key_values
             return 1000 * (time.process_time() - start) / steps
 

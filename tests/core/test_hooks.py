@@ -226,3 +226,25 @@ def test_bad_writes_are_clear() -> None:
             model(ids)
     with pytest.raises(actkit.ActkitError, match="not an Intervention"), tap(model, write={"resid_post.0": 3}):
         pass
+
+
+def test_an_expected_context_is_used_for_the_next_pass_only_and_only_if_its_shape_fits() -> None:
+    """`Tap.expect` replaces the context the engine would work out (here: a context that calls token 3 of each
+    row the first generated one), for one pass, and a context of another shape is ignored."""
+    from actkit.core.positions import StepContext
+
+    model, ids = build("llama"), tokens(batch=2, length=5)
+    seen: list[torch.Tensor] = []
+    said = StepContext(torch.arange(5).expand(2, 5), torch.ones(2, 5, dtype=torch.bool), torch.tensor([3, 3]),
+                       torch.arange(2), torch.zeros(2, dtype=torch.long))
+    with torch.no_grad(), tap(model, read={"resid_post.0": Read(lambda x, m, ctx: seen.append(m.clone()),
+                                                                Generated())}) as state:
+        state.expect(said)
+        model(ids)  # the expected context: tokens 3 and 4 are generated
+        model(ids)  # worked out again: a plain text is all prompt
+        state.expect(StepContext(said.positions[:1], said.valid[:1], said.prompt_len[:1], said.documents[:1],
+                                 said.offsets[:1]))
+        model(ids)  # one row: does not fit a batch of two, so ignored
+    f, t = False, True
+    assert seen[0].tolist() == [[f, f, f, t, t]] * 2
+    assert not seen[1].any() and not seen[2].any()

@@ -228,7 +228,8 @@ def steering_command(
                                       "evaluation.png.")],
     model: ModelOption = DEFAULT_MODEL,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: mean-diff, pca-diff, probe, "
-                                         "actadd, prompt, random.")] = "mean-diff,pca-diff,probe,actadd,prompt,random",
+                                         "actadd, prompt, random, lineas (LinEAS maps at every block, trained on the pairs: slower).")
+                   ] = "mean-diff,pca-diff,probe,actadd,prompt,random",
     layers: Annotated[str, typer.Option("--layers", "-l", help="Candidate blocks: 'auto' (four depths and the "
                                         "layer select_layers ranks first) or indices such as 3,5.")] = "auto",
     factors: Annotated[str, typer.Option("--factors", help="Relative factors tried on the development prompts "

@@ -7,7 +7,9 @@ scored on another; Pres et al. ask for likelihood scores beside generation score
    into training and test. Vectors are trained on the training pairs only; likelihood margins use the test pairs.
 2. **Methods**: the steering directions ``mean-diff``, ``pca-diff``, ``probe`` and ``actadd`` (its first
    training pair); ``random``, a random direction with the norm of the mean-diff vector at each layer; and
-   ``prompt``, the prompting baseline (the concept's instruction written before each prompt).
+   ``prompt``, the prompting baseline (the concept's instruction written before each prompt). On request,
+   ``lineas``: LinEAS maps at every block, trained on the training pairs (negatives as source, positives as
+   target), their strength chosen from `LINEAS_STRENGTHS` (they have no single layer).
 3. **Choice on development prompts**: every steering method is tried at every (layer, factor) of the grid
    (factors are relative: fractions of the mean residual norm at the layer, the same strength whatever the
    method), its greedy continuations judged (`actkit.evaluate.judges`); the setting with the highest mean
@@ -28,7 +30,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +52,19 @@ from actkit.evaluate.likelihood import (
 from actkit.evaluate.shift import random_control
 from actkit.steer.directions import train_vector
 from actkit.steer.layers import select_layers
+from actkit.steer.lineas import LinEAS, train_from_pairs
 from actkit.steer.pairs import Pair, as_pairs
 from actkit.steer.vectors import SteeringVector, restrict_layers, steering_writes
 
 STEERING_METHODS = ("mean-diff", "pca-diff", "probe", "actadd")
-METHODS = (*STEERING_METHODS, "prompt", "random")
+#: What `evaluate_steering` runs unless told otherwise.
+DEFAULT_METHODS = (*STEERING_METHODS, "prompt", "random")
+#: Every method it accepts: LinEAS trains through the model (minutes on SmolLM2), so only on request.
+METHODS = (*DEFAULT_METHODS, "lineas")
+#: LinEAS strengths tried on the development prompts (``x + s * (T(x) - x)``; 1 is the map as trained).
+LINEAS_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
+#: LinEAS training settings unless `evaluate_steering` is given others (`actkit.steer.train_lineas` options).
+LINEAS_TRAINING: dict[str, Any] = {"steps": 50, "lr": 0.01}
 #: Relative factors tried on the development prompts (fractions of the mean residual norm at the layer).
 DEFAULT_FACTORS = (0.05, 0.1, 0.2, 0.4, 0.8)
 #: Depths (fractions of the block count) of the candidate layers with ``layers="auto"``, beside the layer
@@ -137,8 +147,11 @@ class _Run:
 
     def __init__(self, model: nn.Module, tokenizer: Any, concept: Concept, train: list[Pair], test: list[Pair],
                  dev_prompts: list[str], test_prompts: list[str], reference: list[str], max_new_tokens: int,
-                 batch_size: int, read_position: str, log: Callable[[str], None]):
+                 batch_size: int, read_position: str, log: Callable[[str], None],
+                 lineas_options: Mapping[str, Any] | None = None):
         self.model, self.tokenizer, self.concept = model, tokenizer, concept
+        self.lineas_options = {**LINEAS_TRAINING, **(lineas_options or {})}
+        self.maps: LinEAS | None = None
         self.train, self.test_pairs = train, test
         self.prompts = {"dev": dev_prompts, "test": test_prompts}
         self.reference, self.max_new_tokens, self.batch_size = reference, max_new_tokens, batch_size
@@ -164,6 +177,16 @@ class _Run:
                 self.vectors[method] = train_vector(self.model, self.tokenizer, pairs, layers, method=method,
                                                     read_position=self.read_position, batch_size=self.batch_size)
         return self.vectors[method]
+
+    def lineas(self) -> LinEAS:
+        """LinEAS maps at every block, trained on the training pairs only (cached)."""
+        if self.maps is None:
+            self.maps = train_from_pairs(self.model, self.tokenizer, self.train, None,
+                                         read_position=self.read_position, batch_size=self.batch_size,
+                                         **self.lineas_options)
+            self.log(f"lineas: trained, loss {self.maps.metadata.get('loss_start', float('nan')):.3f} -> "
+                     f"{self.maps.metadata.get('loss_end', float('nan')):.3f}")
+        return self.maps
 
     def measure(self, split: str, writes: Any, instruction: str | None) -> dict[str, Any]:
         """Generate on a split, judge, and measure the KL over the continuations."""
@@ -227,7 +250,7 @@ def evaluate_steering(
     prompts: Sequence[str],
     concept: Concept,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     layers: Sequence[int] | None = None,
     depths: Sequence[float] = AUTO_DEPTHS,
     factors: Sequence[float] = DEFAULT_FACTORS,
@@ -244,6 +267,7 @@ def evaluate_steering(
     judge_model: str | None = None,
     api_key: str | None = None,
     log: Callable[[str], None] | None = None,
+    lineas: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate steering methods against prompting, each tuned on development prompts and scored on test ones.
 
@@ -268,6 +292,8 @@ def evaluate_steering(
         embedder: sentence embeddings for the ``embed`` judge (`actkit.evaluate.judges.Embedder`).
         judge_model, api_key: for an ``openai:URL`` judge.
         log: called with a line of progress now and then.
+        lineas: training options of the ``lineas`` method (`actkit.steer.train_lineas` keywords; default
+            `LINEAS_TRAINING`).
 
     Returns:
         A JSON-ready dict: ``split``, ``grid``, ``select_layers``, ``judge``, ``unsteered`` and ``methods`` (one dict
@@ -279,7 +305,7 @@ def evaluate_steering(
                      judge=judge, reference=reference, seed=seed, dev_fraction=dev_fraction,
                      test_pair_fraction=test_pair_fraction, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      read_position=read_position, kl_budget=kl_budget, embedder=embedder, judge_model=judge_model,
-                     api_key=api_key, log=log)[0]
+                     api_key=api_key, log=log, lineas=lineas)[0]
 
 
 def _evaluate(
@@ -289,7 +315,7 @@ def _evaluate(
     prompts: Sequence[str],
     concept: Concept,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     layers: Sequence[int] | None = None,
     depths: Sequence[float] = AUTO_DEPTHS,
     factors: Sequence[float] = DEFAULT_FACTORS,
@@ -306,6 +332,7 @@ def _evaluate(
     judge_model: str | None = None,
     api_key: str | None = None,
     log: Callable[[str], None] | None = None,
+    lineas: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], _Run]:
     """`evaluate_steering`, also returning the run (its vectors, for `tune_vector`)."""
     start = time.monotonic()
@@ -326,7 +353,7 @@ def _evaluate(
         f"{len(test_idx)} test pairs; layers {grid_layers}, factors {list(factors)}")
     run = _Run(model, tokenizer, concept, train, [items[i] for i in test_idx], dev_prompts, test_prompts,
                list(reference) if reference is not None else test_prompts, max_new_tokens, batch_size,
-               read_position, say)
+               read_position, say, lineas)
     run.judge = make_judge(judge, concept, model=model, tokenizer=tokenizer, pairs=train, prompts=dev_prompts,
                            unsteered=run.base["dev"], embedder=embedder, judge_model=judge_model, api_key=api_key)
     unsteered = run.measure("test", None, None)
@@ -370,6 +397,10 @@ def _method(run: _Run, method: str, layers: list[int], factors: Sequence[float],
     if method == "prompt":
         found = run.measure("dev", None, run.concept.instruction)
         records.append({"layer": None, "factor": None, **_public(found)})
+    elif method == "lineas":
+        for strength in LINEAS_STRENGTHS:
+            found = run.measure("dev", run.lineas().to_intervention(strength), None)
+            records.append({"layer": None, "factor": strength, **_public(found)})
     else:
         vector = run.vector(method, layers)
         for layer in layers:
@@ -380,7 +411,8 @@ def _method(run: _Run, method: str, layers: list[int], factors: Sequence[float],
                     f"{max(r['harmonic'] for r in records if r['layer'] == layer):.3f}")
     best = choose(records, kl_budget)
     instruction = run.concept.instruction if method == "prompt" else None
-    writes = None if method == "prompt" else _writes(run.vectors[method], best["layer"], best["factor"])
+    writes = (None if method == "prompt" else run.lineas().to_intervention(best["factor"]) if method == "lineas"
+              else _writes(run.vectors[method], best["layer"], best["factor"]))
     test = run.measure("test", writes, instruction)
     test["perplexity"] = run.perplexity(writes, instruction)
     context = (lambda text: run.context(text, run.concept.instruction)) if method == "prompt" else None
@@ -469,6 +501,6 @@ def tuned_settings(metadata: dict[str, Any]) -> tuple[float, bool] | None:
     return float(coef), relative
 
 
-__all__ = ["AUTO_DEPTHS", "DEFAULT_FACTORS", "METHODS", "STEERING_METHODS", "candidate_layers", "check_methods",
+__all__ = ["AUTO_DEPTHS", "DEFAULT_FACTORS", "DEFAULT_METHODS", "LINEAS_STRENGTHS", "METHODS", "STEERING_METHODS", "candidate_layers", "check_methods",
            "choose", "evaluate_steering", "read_prompts", "split_indices", "summary", "tune_vector",
            "tuned_settings", "win_rate"]

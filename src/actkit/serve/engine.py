@@ -41,7 +41,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingW
 
 from actkit.core.anatomy import Anatomy
 from actkit.core.generate import eos_ids, position_limit
-from actkit.core.hooks import READ_ONLY, tap
+from actkit.core.hooks import READ_ONLY, Tap, tap
 from actkit.core.interventions import Add, Intervention, OnRows
 from actkit.core.positions import All, From, Generated, Last, Positions, Prompt, StepContext
 from actkit.core.sites import Site
@@ -475,6 +475,7 @@ class Engine:
         self._active: list[_Row] = []  # touched by the loop thread only, like the cache
         self._hooks = ExitStack()  # the batch's write hooks, registered while its rows stay the same
         self._writes_rows: list[_Row] = []  # the rows they were built for
+        self._held: _Held | None = None  # their tap, and the parts of a decode step's context that stay the same
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
 
@@ -745,9 +746,12 @@ class Engine:
 
     def _forward(self, rows: list[_Row], inputs: dict[str, Any]) -> Any:
         """One decode step of the batch `rows`, each row's writes and reads restricted to it. The batch's hooks
-        stay registered from step to step while its rows stay the same."""
+        stay registered from step to step while its rows stay the same, and the step's context (each token's
+        position, each row's prompt length) comes from what the engine knows, not from the inputs."""
         if any(row.writes or row.request.monitor for row in rows):
             self._hold_writes(rows)
+            assert self._held is not None
+            self._held.expect(inputs["position_ids"])
         else:
             self._close_writes()
         with torch.inference_mode():
@@ -760,14 +764,16 @@ class Engine:
             return
         self._close_writes()
         lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
-        self._hooks.enter_context(tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
-                                      read=_batch_reads(rows), prompt_lengths=lengths))
+        state = self._hooks.enter_context(tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
+                                              read=_batch_reads(rows), prompt_lengths=lengths))
+        self._held = _Held(state, lengths)
         self._writes_rows = list(rows)
 
     def _close_writes(self) -> None:
         """Remove the batch's hooks (before a prefill, when the batch empties, at the end)."""
         self._hooks.close()
         self._writes_rows = []
+        self._held = None
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Pick and send each row's next token from its (V,) logits; returns the indices of the rows that ended."""
@@ -841,6 +847,22 @@ class Engine:
         start = int(torch.nonzero(mask.sum(0)).min())
         self._cache = DynamicCache([(k[index, :, start:], v[index, :, start:]) for k, v in _layers(self._cache)])
         self._mask = mask[:, start:]
+
+
+class _Held:
+    """The tap of a batch's hooks, with the parts of a decode step's `StepContext` that stay the same while the
+    batch's rows do: every token real, the prompt lengths, the row numbers."""
+
+    def __init__(self, state: Tap, lengths: torch.Tensor):
+        self.state = state
+        self.lengths = lengths
+        self.rows = torch.arange(lengths.shape[0], device=lengths.device)
+        self.offsets = torch.zeros_like(self.rows)
+        self.valid = torch.ones(lengths.shape[0], 1, dtype=torch.bool, device=lengths.device)
+
+    def expect(self, positions: torch.Tensor) -> None:
+        """The context of a decode step whose tokens are at `positions` (B, 1)."""
+        self.state.expect(StepContext(positions, self.valid, self.lengths, self.rows, self.offsets))
 
 
 def _cache_of(output: Any) -> Any:
