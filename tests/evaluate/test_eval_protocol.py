@@ -123,3 +123,45 @@ def test_unknown_method_is_refused_before_any_work():
     with pytest.raises(ActkitError, match="unknown method 'steer-harder'"):
         evaluate_steering(torch.nn.Linear(1, 1), None, [], [], Concept("x", "y", "positive"),
                           methods=["mean-diff", "steer-harder"])
+
+
+def test_lineas_is_trained_on_the_training_pairs_only_and_its_strength_chosen_on_dev(monkeypatch):
+    """The ``lineas`` method: maps at every block from the training pairs (never the held-out ones), each
+    strength of `LINEAS_STRENGTHS` tried on dev, the dev choice (planted: 0.5) scored on test."""
+    from actkit.steer.lineas import AffineMap
+
+    tokenizer = byte_tokenizer()
+    model = build("llama")
+    model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.eos_token_id = None
+    seen: list[tuple[str, float | None, int]] = []
+
+    def planted(self, split, writes, instruction):
+        maps = list((writes or {}).values())
+        assert all(isinstance(m, AffineMap) for m in maps)
+        strength = maps[0].strength if maps else None
+        seen.append((split, strength, len(maps)))
+        good = strength == (0.5 if split == "dev" else 1.0)
+        scores = [Criteria(2, 2, 2) if good else Criteria(1, 1, 1)] * len(self.prompts[split])
+        return {**summary(scores), "kl": 0.0, "scores": scores, "completions": [""] * len(scores)}
+
+    trained_on: list[str] = []
+    real = protocol.train_from_pairs
+
+    def spy(model, tokenizer, pairs, layers, **options):
+        trained_on.extend(p.positive for p in pairs)
+        return real(model, tokenizer, pairs, layers, **options)
+
+    monkeypatch.setattr(protocol._Run, "measure", planted)
+    monkeypatch.setattr(protocol, "train_from_pairs", spy)
+    pairs = [(f"good day {i}", f"bad day {i}") for i in range(10)]
+    result = evaluate_steering(model, tokenizer, pairs, [f"prompt {i}:" for i in range(8)],
+                               Concept("x", "Say x.", "positive"), methods=["lineas"], max_new_tokens=2,
+                               batch_size=8, lineas={"steps": 2})
+    row = result["methods"][0]
+    assert (row["method"], row["layer"], row["factor"]) == ("lineas", None, 0.5)
+    assert row["test"]["harmonic"] == pytest.approx(1.0)  # test at dev's choice, not test's best
+    assert [s for split, s, _ in seen if split == "dev"] == list(protocol.LINEAS_STRENGTHS)
+    assert {n for _, s, n in seen if s is not None} == {model.config.num_hidden_layers}  # every block
+    held_out = {pairs[i][0] for i in result["split"]["test_pair_indices"]}
+    assert trained_on and not held_out & set(trained_on)
