@@ -1,4 +1,4 @@
-"""``actkit sae`` (train, features) and the ``--sae`` options of ``actkit generate``.
+"""``actkit sae`` (train, features, vector) and the ``--sae`` options of ``actkit generate``.
 
 Thin over `actkit.sae`. The conventions of ``actkit.cli`` hold: the default model is ``DEFAULT_MODEL``; ``--json``
 prints JSON alone on stdout; bad input ends as ``error: <message>`` on stderr with exit status 2; nothing is
@@ -179,6 +179,44 @@ def features_command(
                       "-" if r["input_score"] is None else f"{r['input_score']:.2f}", f"{r['frequency']:.4f}",
                       " ".join(repr(t) for t in r["top_tokens"]))
     stdout().print(table)
+
+
+@sae_app.command("vector")
+def vector_command(
+    folder: Annotated[Path, typer.Argument(help="An SAE folder (cfg.json + sae_weights.safetensors).")],
+    feature: Annotated[str, typer.Option("--feature", "-f", help="Feature index, or indices (3,7: their unit "
+                                         "decoder rows summed, then normalized).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The vector file to write (.safetensors).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also check that the SAE fits this model.")
+                     ] = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write features' decoder rows as a steering-vector file: what ``generate --sae DIR --feature I`` adds, for
+    ``generate --vector``, ``vector sweep`` and ``actkit serve --vectors`` (clamping needs the SAE itself)."""
+    from actkit.io import check_output_file
+    from actkit.sae import feature_vector, load_sae
+    from actkit.steer import save_vector
+
+    with bad_input():
+        check_output_file(out, overwrite=force)
+        loaded = None
+        if model is not None:
+            from actkit.models import load
+
+            loaded, _ = load(model)
+        sae = load_sae(folder, loaded)
+        vector = feature_vector(sae, parse_features(feature))
+        save_vector(vector, out, overwrite=force)
+    layer = vector.layers[0]
+    summary = {"out": str(out), "sae": str(folder), "features": vector.metadata["features"], "site": sae.site,
+               "layers": vector.layers, "relative": "mean_norms" in vector.metadata}
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    stdout().print(Text(f"wrote {out}: feature(s) {', '.join(map(str, summary['features']))} of {folder} at "
+                        f"{vector.site}.{layer}" + ("" if summary["relative"] else " (no mean norm recorded: "
+                                                     "absolute coefficients only)")), highlight=False)
 
 
 def check_generate_options(vector: Path | None, sae: Path | None, feature: str | None, clamp: bool,

@@ -31,7 +31,7 @@ from actkit.monitor import Probe, load_probe, probe_from_vector
 from actkit.serve.engine import Guard
 from actkit.serve.schema import APIError
 from actkit.serve.steering import NAME, VectorRegistry, check_coef
-from actkit.steer import steering_writes
+from actkit.steer import SteeringVector, steering_writes
 
 #: The most names one request may monitor.
 MAX_MONITOR = 8
@@ -119,6 +119,9 @@ def monitor_probes(names: Sequence[str], probes: ProbeRegistry, vectors: VectorR
             raise APIError(400, f"{param}: unknown probe or vector {base!r}; this server has: {known}",
                            param=param, code="probe_not_found")
         vector = vectors.vectors[base].vector
+        if not isinstance(vector, SteeringVector):
+            raise APIError(400, f"{param}: {base!r} is a LinEAS file (affine maps), with no direction to read; "
+                           "monitor a probe or a steering vector", param=param, code="invalid_value")
         if at:
             layer = int(block)
             if layer not in vector.directions:
@@ -178,6 +181,9 @@ def build_guard(spec: GuardSpec, model: nn.Module, vectors: VectorRegistry) -> G
         known = ", ".join(sorted(vectors.vectors)) or "none (give --vectors)"
         raise ActkitError(f"--guard: unknown vector {spec.vector!r}; the registered vectors: {known}")
     vector = vectors.vectors[spec.vector].vector
+    if not isinstance(vector, SteeringVector):
+        raise ActkitError(f"--guard: {spec.vector!r} is a LinEAS file; the guard steers with a vector (a direction "
+                          "at a relative coefficient)")
     early = [layer for layer in vector.layers if layer < probe.layer]
     if early:
         raise ActkitError(f"--guard: the vector {spec.vector!r} steers block(s) {early}, before the probe's block "

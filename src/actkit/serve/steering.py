@@ -7,11 +7,15 @@ A request steers with a list of items that compose, applied in the order given:
   their writes with `actkit.steer.steering_writes`);
 - ``{"ablate": NAME, "layers": null, "positions": "all"}``: directional ablation, `actkit.steer.Ablate` of the
   vector's direction at each of its layers, at the site where ``--vector`` would add it (``resid_post.L``), so
-  the component along the vector is removed where steering would have pushed it.
+  the component along the vector is removed where steering would have pushed it;
+- ``{"vector": NAME, "coef": 1.0, "layers": null, "positions": "all"}`` where NAME is a LinEAS file (per-block
+  affine maps, `actkit.steer.lineas`): exactly ``actkit generate --vector NAME.safetensors --coef C`` with it, the
+  coefficient being the map's strength (``x + coef * (T(x) - x)``; 1 is the map as trained); ``relative`` and
+  ``ablate`` need a direction, so they are refused for it.
 
 It comes as a top-level ``steer`` list or as ``vllm_xargs: {"steer": "<JSON text>"}`` (vLLM allows only strings
 and numbers in ``vllm_xargs``). A preset model name ``MODEL:NAME@COEF`` is ``[{"vector": NAME, "coef": COEF,
-"relative": true}]``. Vector names are looked up in the registry, never read as paths.
+"relative": true}]`` (steering vectors only). Vector names are looked up in the registry, never read as paths.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from actkit.steer import (
     restrict_layers,
     steering_writes,
 )
+from actkit.steer.lineas import KIND as LINEAS
+from actkit.steer.lineas import LinEAS, is_lineas_file, load_lineas
 
 #: What a vector name may hold (a file name without its extension; never a path).
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -54,14 +60,22 @@ DEFAULT_PRESET_COEF = 0.5
 
 @dataclass(frozen=True)
 class Registered:
-    """A vector the server offers: its name, the file it came from and the vector."""
+    """A vector the server offers: its name, the file it came from and the vector (or LinEAS maps)."""
 
     name: str
     path: Path
-    vector: SteeringVector
+    vector: SteeringVector | LinEAS
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/steering`` shows (no file paths: the folder is the operator's business)."""
+        if isinstance(self.vector, LinEAS):
+            maps = self.vector
+            return {
+                "name": self.name, "format": "safetensors", "site": maps.site, "layers": maps.layers,
+                "method": LINEAS, "model": maps.metadata.get("model"), "hidden_size": maps.hidden_size,
+                "sites": [f"{maps.site}.{layer}" for layer in maps.layers], "rank": maps.rank,
+                "blocks": maps.summary(), "relative": False,
+            }
         meta = self.vector.metadata
         means = meta.get("mean_norms") or {}
         return {
@@ -75,7 +89,10 @@ class Registered:
 
     @property
     def relative_ok(self) -> bool:
-        """Whether relative coefficients (and so presets) work: the file has a mean norm for every layer."""
+        """Whether relative coefficients (and so presets) work: the file is a vector (not LinEAS maps) with a
+        mean norm for every layer."""
+        if isinstance(self.vector, LinEAS):
+            return False
         try:
             for layer in self.vector.layers:
                 self.vector.mean_norm(layer)
@@ -92,8 +109,9 @@ class VectorRegistry:
 
     @classmethod
     def from_folder(cls, folder: str | Path, model: nn.Module) -> VectorRegistry:
-        """Every ``*.safetensors`` (actkit vectors) and ``*.gguf`` (control vectors) in `folder`, under its file
-        name without the extension, each checked against `model` (a misfit is an `ActkitError` naming the file)."""
+        """Every ``*.safetensors`` (actkit vectors and LinEAS files) and ``*.gguf`` (control vectors) in `folder`,
+        under its file name without the extension, each checked against `model` (a misfit is an `ActkitError`
+        naming the file)."""
         root = Path(folder)
         if not root.is_dir():
             raise ActkitError(f"--vectors {str(root)!r} is not a folder")
@@ -108,7 +126,11 @@ class VectorRegistry:
             if any(r.name == name for r in found):
                 raise ActkitError(f"{str(path)!r}: two files are named {name!r}; keep one")
             try:
-                vector = import_gguf(path, model) if path.suffix == ".gguf" else load_vector(path, model)
+                vector: SteeringVector | LinEAS
+                if path.suffix == ".gguf":
+                    vector = import_gguf(path, model)
+                else:
+                    vector = load_lineas(path, model) if is_lineas_file(path) else load_vector(path, model)
             except ActkitError as error:
                 message = str(error)
                 raise ActkitError(message if str(path) in message else f"{str(path)!r}: {message}") from None
@@ -216,7 +238,9 @@ def build_writes(registry: VectorRegistry, items: Sequence[SteerItem | AblateIte
         name = item.ablate if isinstance(item, AblateItem) else item.vector
         found = registry.get(name, f"{where}.{'ablate' if isinstance(item, AblateItem) else 'vector'}")
         try:
-            if isinstance(item, AblateItem):
+            if isinstance(found.vector, LinEAS):
+                parts.append(_lineas_writes(found.vector, item, where))
+            elif isinstance(item, AblateItem):
                 vector = restrict_layers(found.vector, item.layers)
                 positions = None if item.positions == "all" else parse_positions(item.positions)
                 parts.append({f"{vector.site}.{layer}": Ablate(d, positions)
@@ -227,6 +251,21 @@ def build_writes(registry: VectorRegistry, items: Sequence[SteerItem | AblateIte
         except ActkitError as error:
             raise APIError(400, f"{where}: {error}", param=where, code="invalid_value") from None
     return combine(*parts)
+
+
+def _lineas_writes(maps: LinEAS, item: SteerItem | AblateItem, where: str) -> dict[str, Intervention]:
+    """A LinEAS item's writes: the maps at `item.coef` strength, at its layers and positions (as ``actkit
+    generate --vector MAPS --coef C`` builds them); ablation and relative coefficients are 400s."""
+    name = item.ablate if isinstance(item, AblateItem) else item.vector
+    if isinstance(item, AblateItem):
+        raise APIError(400, f"{where}.ablate: {name!r} is a LinEAS file (affine maps), which has no direction to "
+                       f"ablate; steer with it as {json.dumps({'vector': name, 'coef': 1})} or ablate a vector",
+                       param=f"{where}.ablate", code="invalid_value")
+    if item.relative:
+        raise APIError(400, f"{where}.relative: {name!r} is a LinEAS file, whose coef is the maps' strength (1: as "
+                       "trained, 0: no change), not a multiple of the residual norm; drop relative (presets "
+                       "MODEL:NAME@COEF are for vectors only)", param=f"{where}.relative", code="invalid_value")
+    return maps.to_intervention(item.coef, positions=item.positions, layers=item.layers)
 
 
 def parse_preset(model: str, names: Sequence[str]) -> tuple[str, SteerItem | None] | None:

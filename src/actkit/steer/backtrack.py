@@ -13,13 +13,17 @@ threshold, takes back the last k tokens and regenerates them with steering on. H
   (`actkit.core.decode.Step.rollback`: its cache slots become holes, its positions continue where the kept text
   ends) and from then on steered with the vector at the positions from its last kept token on, so the first
   regenerated token already comes from a steered pass;
-- every row decides for itself inside one batch, at most ``max_backtracks`` times; the counts are reported.
-
-FASB also scales the strength with the probe's confidence; this implementation steers at one fixed coefficient.
+- every row decides for itself inside one batch, at most ``max_backtracks`` times; the counts are reported;
+- the strength is the coefficient itself (``strength="fixed"``), or, as FASB sets it, the coefficient times the
+  probe's confidence in the deviation at the crossing (``strength="confidence"``): ``sigmoid(score)`` when a
+  score above the threshold is the deviation, ``sigmoid(-score)`` when one below is, the score read as a logit (a
+  logistic probe's score is one; FASB's intervention is ``alpha * P(undesired)``, its probe's probability at the
+  crossing). Each row keeps the strength of its latest crossing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -109,15 +113,18 @@ class Backtracking:
         reduce: ``"token"`` (the latest token's score decides) or ``"mean"`` (the mean score of the generated
             tokens kept so far: steadier, as FASB judges the generation so far rather than one token).
         layers: steer only these of the vector's blocks.
+        strength: ``"fixed"`` (steer at `coef`) or ``"confidence"`` (at `coef` times the probe's confidence at
+            the crossing, module docstring).
 
-    After `decode`: ``backtracks[r]`` is row r's number of backtracks and ``events[r]`` lists, per backtrack,
-    ``(tokens generated when the probe fired, tokens kept)``; ``writes`` are the interventions to give `decode`.
+    After `decode`: ``backtracks[r]`` is row r's number of backtracks, ``events[r]`` lists, per backtrack,
+    ``(tokens generated when the probe fired, tokens kept)`` and ``strengths[r]`` the coefficient each backtrack
+    steered with; ``writes`` are the interventions to give `decode`.
     """
 
     def __init__(self, probe: ProbeLike, vector: SteeringVector, batch: int, *, coef: float = 1.0,
                  relative: bool = False, k: int = 4, max_backtracks: int = 1,
                  when: Literal["above", "below"] = "above", reduce: Literal["token", "mean"] = "token",
-                 layers: list[int] | None = None):
+                 layers: list[int] | None = None, strength: Literal["fixed", "confidence"] = "fixed"):
         for name in ("site", "project", "threshold"):
             if not hasattr(probe, name):
                 raise ActkitError(f"the probe has no {name!r}; give an object with site, project(x) and threshold "
@@ -130,7 +137,13 @@ class Backtracking:
             raise ActkitError(f"when must be 'above' or 'below', got {when!r}")
         if reduce not in ("token", "mean"):
             raise ActkitError(f"reduce must be 'token' or 'mean', got {reduce!r}")
+        if strength not in ("fixed", "confidence"):
+            raise ActkitError(f"strength must be 'fixed' or 'confidence', got {strength!r}")
         self.reduce = reduce
+        self.coef = float(coef)
+        # per row, set at each crossing (rows not steered yet select no token, so their entry is never used)
+        self.coefs = torch.full((batch,), self.coef) if strength == "confidence" else None
+        self.strengths: list[list[float]] = [[] for _ in range(batch)]
         self.history: list[list[float]] = [[] for _ in range(batch)]
         self.probe = probe
         self.k = k
@@ -138,7 +151,8 @@ class Backtracking:
         self.when = when
         self.threshold = float(probe.threshold)
         self.starts = torch.full((batch,), NEVER, dtype=torch.long)
-        steer = restrict_layers(vector, layers).to_intervention(coef, positions=FromPerRow(self.starts),
+        steer = restrict_layers(vector, layers).to_intervention(coef if self.coefs is None else self.coefs,
+                                                                positions=FromPerRow(self.starts),
                                                                 relative=relative)
         self.writes: dict[str, Any] = dict(steer)
         self.reads = {str(Site.parse(probe.site)): Read(self._read)}
@@ -168,6 +182,10 @@ class Backtracking:
             self.starts[r] = min(int(self.starts[r]), len(step.prompts[r]) + keep - 1)
             self.backtracks[r] += 1
             self.events[r].append((fired, keep))
+            if self.coefs is not None:
+                logit = value if self.when == "above" else -value
+                self.coefs[r] = self.coef / (1.0 + math.exp(-logit))  # coef * sigmoid(logit)
+            self.strengths[r].append(self.coef if self.coefs is None else float(self.coefs[r]))
 
 
 @dataclass
@@ -178,13 +196,15 @@ class BacktrackResult:
     ids: list[list[int]]
     backtracks: list[int]
     events: list[list[tuple[int, int]]] = field(default_factory=list)
+    strengths: list[list[float]] = field(default_factory=list)
 
 
 def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], probe: ProbeLike,
                        vector: SteeringVector, *, coef: float = 1.0, relative: bool = False, k: int = 4,
                        max_backtracks: int = 1, when: Literal["above", "below"] = "above",
-                       reduce: Literal["token", "mean"] = "token", layers: list[int] | None = None, max_new_tokens: int = 32, chat: bool = False,
-                       do_sample: bool = False, temperature: float = 1.0,
+                       reduce: Literal["token", "mean"] = "token", layers: list[int] | None = None,
+                       strength: Literal["fixed", "confidence"] = "fixed", max_new_tokens: int = 32,
+                       chat: bool = False, do_sample: bool = False, temperature: float = 1.0,
                        seed: int | None = None) -> BacktrackResult:
     """Generate in one batch, each row steered only after its probe crossed the threshold, k tokens back.
 
@@ -193,7 +213,7 @@ def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
         probe: ``site``, ``project(x)``, ``threshold`` (a monitor ``Probe`` or `vector_probe`).
         vector, coef, relative, layers: the steering applied after a backtrack.
         k: tokens taken back at a crossing; max_backtracks: per row; when: ``"above"`` or ``"below"``;
-        reduce: ``"token"`` or ``"mean"`` (see `Backtracking`).
+        reduce: ``"token"`` or ``"mean"``; strength: ``"fixed"`` or ``"confidence"`` (see `Backtracking`).
         max_new_tokens, chat, do_sample, temperature, seed: as for `generate`.
 
     Returns:
@@ -202,12 +222,12 @@ def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
     if isinstance(prompts, str):
         raise ActkitError("prompts must be a list of strings, not one string")
     watch = Backtracking(probe, vector, len(prompts), coef=coef, relative=relative, k=k,
-                         max_backtracks=max_backtracks, when=when, reduce=reduce, layers=layers)
+                         max_backtracks=max_backtracks, when=when, reduce=reduce, layers=layers, strength=strength)
     ids = decode_ids(model, tokenizer, prompts, writes=watch.writes, reads=watch.reads, callbacks=[watch],
                      max_new_tokens=max_new_tokens, chat=chat, do_sample=do_sample, temperature=temperature,
                      seed=seed)
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-    return BacktrackResult(texts, ids, watch.backtracks, watch.events)
+    return BacktrackResult(texts, ids, watch.backtracks, watch.events, watch.strengths)
 
 
 __all__ = ["BacktrackResult", "Backtracking", "FromPerRow", "ProbeLike", "VectorProbe", "backtrack_generate",

@@ -187,18 +187,28 @@ def _read_vector(path: Path, model: Any = None) -> tuple[Any, str]:
 
 @vector_app.command("inspect")
 def inspect_command(
-    path: Annotated[Path, typer.Argument(help="A vector file (.safetensors, or a .gguf control vector).")],
+    path: Annotated[Path, typer.Argument(help="A vector file (.safetensors, or a .gguf control vector), or a "
+                                         "LinEAS file.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Also check that the vector fits this "
                                               "model.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a vector file: what it was trained on, its layers and their norms."""
+    """Show a vector file: what it was trained on, its layers and their norms (LinEAS files: their maps)."""
+    from actkit.sae._files import CFG_FILE, WEIGHTS_FILE
+    from actkit.steer.lineas import is_lineas_file, load_lineas
+
     with bad_input():
+        folder = path if path.is_dir() else path.parent if path.name == WEIGHTS_FILE else None
+        if folder is not None and ((folder / CFG_FILE).is_file() or (folder / WEIGHTS_FILE).is_file()):
+            raise ActkitError(f"{str(path)!r} is a sparse autoencoder (an SAELens folder), not a vector file; "
+                              f"describe its features with: actkit sae features {str(folder)!r}")
         loaded = None
         if model is not None:
             from actkit.models import load
 
             loaded, _ = load(model)
+        if is_lineas_file(path):
+            return _inspect_lineas(path, load_lineas(path, loaded), as_json)
         vector, kind = _read_vector(path, loaded)
     meta = vector.metadata
     mean_norms = meta.get("mean_norms") or {}
@@ -225,6 +235,42 @@ def inspect_command(
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(str(row["layer"]), _num(row["norm"]), _num(row["mean_norm"]), _num(row["relative"], 3))
+    console.print(table)
+
+
+def _inspect_lineas(path: Path, lineas: Any, as_json: bool) -> None:
+    """``actkit vector inspect`` of a LinEAS file: its training facts, then per block how many coordinates the
+    maps change (the rest keep the identity) and the norms of the scale deviation and the shift."""
+    meta = lineas.metadata
+    blocks = lineas.summary()
+    facts = {"model": meta.get("model"), "method": "lineas", "site": lineas.site,
+             "sites": [b["site"] for b in blocks], "layers": lineas.layers, "hidden_size": lineas.hidden_size,
+             "rank": lineas.rank, "active_fraction": sum(b["active"] for b in blocks) /
+             (lineas.hidden_size * len(blocks))}
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), "format": "safetensors", **facts, "blocks": blocks,
+                               "metadata": meta}, indent=2))
+        return
+    console = stdout()
+    shown = [("model", facts["model"]), ("method", "lineas (per-block affine maps)"), ("site", lineas.site),
+             ("hidden size", lineas.hidden_size), ("low-rank term", f"rank {lineas.rank}" if lineas.rank else "none"),
+             ("non-identity", f"{facts['active_fraction']:.1%} of coordinates over {len(blocks)} block(s)"
+              + (" (diagonal part; the low-rank term changes all)" if lineas.rank else "")),
+             ("texts", f"{meta.get('n_source')} source, {meta.get('n_target')} target"
+              if meta.get("n_source") is not None else None),
+             ("loss", f"{_num(meta.get('loss_start'))} -> {_num(meta.get('loss_end'))}"
+              if meta.get("loss_start") is not None else None),
+             ("penalty", f"l1 {meta.get('l1')}, group {meta.get('group')}" if meta.get("l1") is not None else None),
+             ("data hash", meta.get("data_hash")), ("format", "safetensors")]
+    for name, value in shown:
+        if value is not None:
+            console.print(Text.assemble((f"{name:>15}", "bold"), f"  {value}"), highlight=False)
+    table = Table(title_justify="left")
+    for name in ("site", "non-identity", "fraction", "|scale - 1|", "|shift|", "rank"):
+        table.add_column(name, justify="right")
+    for b in blocks:
+        table.add_row(b["site"], f"{b['active']}/{lineas.hidden_size}", f"{b['active_fraction']:.1%}",
+                      _num(b["scale_norm"]), _num(b["shift_norm"]), str(b["rank"]))
     console.print(table)
 
 

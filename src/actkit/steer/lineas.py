@@ -153,6 +153,21 @@ class LinEAS:
         """Block -> how many coordinates its map changes (a non-zero scale deviation or shift)."""
         return {layer: int(((m["scale"] != 0) | (m["shift"] != 0)).sum()) for layer, m in self.maps.items()}
 
+    @property
+    def rank(self) -> int:
+        """The rank of the low-rank term (0: diagonal maps only)."""
+        return max((int(m["down"].shape[1]) for m in self.maps.values() if "down" in m), default=0)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per block, what ``actkit vector inspect`` and ``GET /v1/steering`` show: the site, how many coordinates
+        the diagonal part changes and their fraction (the rest keep the identity: what the sparsity penalty
+        selected), the norms of the scale deviation and of the shift, and the low-rank term's rank."""
+        active = self.active()
+        return [{"layer": layer, "site": f"{self.site}.{layer}", "active": active[layer],
+                 "active_fraction": active[layer] / self.hidden_size, "scale_norm": float(m["scale"].norm()),
+                 "shift_norm": float(m["shift"].norm()), "rank": int(m["down"].shape[1]) if "down" in m else 0}
+                for layer, m in self.maps.items()]
+
     def to_intervention(self, strength: float = 1.0, positions: Positions | str | None = None,
                         layers: Sequence[int] | None = None) -> dict[str, Intervention]:
         """The writes that steer a model with these maps, for ``tap(model, write=...)`` or `generate`.
