@@ -184,6 +184,7 @@ def test_listing_and_bad_requests_over_http(server) -> None:
     assert tone["method"] == "lineas" and tone["sites"] == ["resid_post.1", "resid_post.3"]
     models = [row["id"] for row in httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]]
     assert not any(":tone@" in name for name in models)  # no preset for maps: presets are relative
+    assert httpx.get(f"{server.url}/v1/models/toy-dense:tone@0.5", timeout=30).status_code == 404
     for steer, param in [([{"vector": "tone", "relative": True}], "steer.0.relative"),
                          ([{"ablate": "tone"}], "steer.0.ablate"),
                          ([{"vector": "tone", "layers": [2]}], "steer.0")]:

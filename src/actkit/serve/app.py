@@ -392,7 +392,9 @@ def create_app(engine: Engine, tokenizer: Any, registry: VectorRegistry, *, mode
             if row["id"] == model:
                 return row
         parsed = parse_preset(model, server.names)
-        if parsed is None or (parsed[1] is not None and parsed[1].vector not in registry.vectors):
+        preset = None if parsed is None else parsed[1]
+        if parsed is None or (preset is not None and (preset.vector not in registry.vectors
+                                                      or not registry.vectors[preset.vector].relative_ok)):
             raise APIError(404, f"model {model!r} does not exist; GET /v1/models lists them", param="model",
                            code="model_not_found")
         return {"id": model, "object": "model", "created": int(time.time()), "owned_by": "actkit",
