@@ -6,6 +6,8 @@ table: every method's test scores, its win rate against prompting, the chosen la
 `select_layers` ranks first. Bounded: --max-new-tokens, a factor grid of --factors and the ``auto`` layer grid.
 
     python bench/eval_steering.py [--runs toy-sentiment:rules toy-refusal:rules smol-sentiment:rules ...]
+                                  [--methods mean-diff,pca-diff,probe,actadd,prompt,random[,lineas]]
+                                  [--lineas-steps 50] [--lineas-lr 0.01]
                                   [--factors 0.1 0.2 0.4 0.8] [--depths 0.25 0.4 0.55 0.7]
                                   [--max-new-tokens 16] [--out /tmp/actkit-eval] [--table]
 """
@@ -24,7 +26,7 @@ import actkit
 from actkit.builtin.corpus import eval_set
 from actkit.demo.steering import SENTIMENT_PROMPTS, TOPIC_PROMPTS, reference_texts
 from actkit.evaluate.judges import Concept, Embedder
-from actkit.evaluate.protocol import AUTO_DEPTHS, evaluate_steering
+from actkit.evaluate.protocol import AUTO_DEPTHS, DEFAULT_METHODS, LINEAS_TRAINING, evaluate_steering
 from actkit.steer.pairs import Pair, pairs_path, read_pairs
 
 SMOL = "smollm2-135m-instruct"
@@ -112,11 +114,15 @@ def table(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["toy-sentiment:rules", "toy-refusal:rules"])
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="Comma-separated (lineas too).")
+    parser.add_argument("--lineas-steps", type=int, default=LINEAS_TRAINING["steps"])
+    parser.add_argument("--lineas-lr", type=float, default=LINEAS_TRAINING["lr"])
     parser.add_argument("--factors", nargs="+", type=float, default=[0.1, 0.2, 0.4, 0.8])
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--depths", nargs="+", type=float, default=list(AUTO_DEPTHS),
                         help="Depths of the auto layer grid, beside the layer select_layers ranks first.")
     parser.add_argument("--out", default="/tmp/actkit-eval")
+    parser.add_argument("--tag", default="", help="Appended to each result's file name (runs with other methods).")
     parser.add_argument("--table", action="store_true", help="Only print the tables of the runs in --out.")
     args = parser.parse_args()
     out = Path(args.out)
@@ -136,13 +142,14 @@ def main() -> None:
         model, tokenizer = models[spec]
         items = read_pairs(pairs_path(pairs)) if isinstance(pairs, str) else pairs
         start = time.monotonic()
-        result = evaluate_steering(model, tokenizer, items, prompts(), concept, factors=args.factors, depths=args.depths, judge=judge,
-                                   embedder=embedder, reference=reference_texts(spec, 16),
-                                   max_new_tokens=args.max_new_tokens, read_position=read_position,
-                                   log=lambda line: print("  " + line, flush=True))
+        result = evaluate_steering(model, tokenizer, items, prompts(), concept, methods=args.methods.split(","),
+                                   factors=args.factors, depths=args.depths, judge=judge, embedder=embedder,
+                                   reference=reference_texts(spec, 16), max_new_tokens=args.max_new_tokens,
+                                   read_position=read_position, log=lambda line: print("  " + line, flush=True),
+                                   lineas={"steps": args.lineas_steps, "lr": args.lineas_lr})
         result.update(model=spec, run=run, threads=torch.get_num_threads(), torch=torch.__version__,
                       wall_seconds=time.monotonic() - start)
-        (out / f"{name}.{judge}.json").write_text(json.dumps(result, indent=1))
+        (out / f"{name}.{judge}{args.tag}.json").write_text(json.dumps(result, indent=1))
         print(f"{run} on {spec}: {result['wall_seconds']:.0f} s; select_layers first {result['select_layers']['first']}")
         for m in result["methods"]:
             t = m["test"]
