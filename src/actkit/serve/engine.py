@@ -346,15 +346,16 @@ def _batch_writes(rows: list[_Row], dtype: torch.dtype, device: torch.device) ->
             out.extend(_Guarded(OnRows(v, _only(len(rows), i)), rows[i]) for v in values)
         for rank in range(max((len(adds) for _, adds in folded), default=0)):
             members = [(i, adds[rank]) for i, adds in folded if len(adds) > rank]
+            index = torch.tensor([i for i, _ in members], device=device)
+            spans = torch.tensor([_SPANS[type(p)](p, rows[i].prompt_len) for i, (_, _, p) in members],
+                                 device=device)
             vector = torch.zeros(len(rows), members[0][1][0].shape[0], dtype=dtype, device=device)
+            vector[index] = torch.stack([v.to(device) for _, (v, _, _) in members]).to(dtype)
             coef = torch.zeros(len(rows), dtype=dtype, device=device)
-            lo = torch.zeros(len(rows), dtype=torch.long)
-            hi = torch.zeros(len(rows), dtype=torch.long)
-            for i, (v, c, p) in members:
-                vector[i] = v
-                coef[i] = float(c)
-                lo[i], hi[i] = _SPANS[type(p)](p, rows[i].prompt_len)
-            out.append(_Fold(vector, coef, _Spans(lo.to(device), hi.to(device)), [rows[i] for i, _ in members]))
+            coef[index] = torch.tensor([float(c) for _, (_, c, _) in members], dtype=dtype, device=device)
+            bounds = torch.zeros(len(rows), 2, dtype=torch.long, device=device)  # [0, 0): no token
+            bounds[index] = spans
+            out.append(_Fold(vector, coef, _Spans(bounds[:, 0], bounds[:, 1]), [rows[i] for i, _ in members]))
     return writes
 
 
