@@ -10,34 +10,14 @@ import torch
 
 from actkit import ActkitError
 from actkit.core.generate import generate_ids
-from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Add
 from actkit.core.positions import From
 from actkit.steer import SteeringVector
 from actkit.steer.backtrack import Backtracking, backtrack_generate, vector_probe
-
+from backtrack_helpers import RoundTrip, probe_scores
 from tiny import DecodingTokenizer
 
 COEF = 3.0
-
-
-class RoundTrip(DecodingTokenizer):
-    """Ids as letters and back (id k <-> chr(64 + k)), so a prompt plus generated ids is again a prompt."""
-
-    def __call__(self, text: str) -> dict[str, list[int]]:
-        return {"input_ids": [ord(c) - 64 for c in text]}
-
-
-def scores(model, tok, prompts, probe, n) -> list[list[float]]:
-    """The probe's score of every generated token of a plain greedy run (read as each token is fed)."""
-    ids = generate_ids(model, tok, prompts, max_new_tokens=n)
-    out = []
-    for prompt, row in zip(prompts, ids, strict=True):
-        cap = Capture()
-        with torch.no_grad(), tap(model, read={probe.site: cap}):
-            model(input_ids=torch.tensor([tok(prompt)["input_ids"] + row]))
-        out.append(probe.project(cap.last[0, len(tok(prompt)["input_ids"]):]).tolist())
-    return out
 
 
 @pytest.mark.parametrize("when", ["above", "below"])
@@ -47,7 +27,7 @@ def test_confidence_strength_equals_prefix_then_continuation_at_that_strength(ll
     steer = SteeringVector({1: torch.randn(64, generator=g) * 2})
     probe = vector_probe(SteeringVector({2: torch.randn(64, generator=g) * 2}), 2, 0.0)
     prompts = [tok.decode([5, 6, 7, 8, 9]), tok.decode([3, 4]), tok.decode([10, 11, 12, 13]), tok.decode([20])]
-    seen = scores(llama, tok, prompts, probe, 10)
+    seen = probe_scores(llama, tok, prompts, probe, 10)
     sign = 1.0 if when == "above" else -1.0
     peaks = sorted(max(sign * v for v in s[:-1]) for s in seen)  # the last token is never fed back
     probe.threshold = sign * (peaks[1] + peaks[2]) / 2  # two rows cross it, two never do

@@ -8,21 +8,14 @@ import torch
 
 from actkit import ActkitError
 from actkit.core.generate import generate_ids
-from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Add
 from actkit.core.positions import From
 from actkit.steer import SteeringVector
 from actkit.steer.backtrack import Backtracking, VectorProbe, backtrack_generate, vector_probe
 from actkit.steer.dynamic import dynamic_generate, truncated_kl
+from backtrack_helpers import RoundTrip, probe_scores
 
 from tiny import DecodingTokenizer
-
-
-class RoundTrip(DecodingTokenizer):
-    """Ids as letters and back (id k <-> chr(64 + k)), so a prompt plus generated ids is again a prompt."""
-
-    def __call__(self, text: str) -> dict[str, list[int]]:
-        return {"input_ids": [ord(c) - 64 for c in text]}
 
 
 def _vectors(seed: int = 0) -> tuple[SteeringVector, SteeringVector]:
@@ -64,24 +57,12 @@ def test_dynamic_bad_input(llama) -> None:
         dynamic_generate(llama, tok, ["hi"], list(_vectors()), alpha_max=[1.0])
 
 
-def _scores(model, tok, prompts, probe, n) -> list[list[float]]:
-    """The probe's score of every generated token of a plain greedy run (read as each token is fed)."""
-    ids = generate_ids(model, tok, prompts, max_new_tokens=n)
-    out = []
-    for prompt, row in zip(prompts, ids, strict=True):
-        cap = Capture()
-        with torch.no_grad(), tap(model, read={probe.site: cap}):
-            model(input_ids=torch.tensor([tok(prompt)["input_ids"] + row]))
-        out.append(probe.project(cap.last[0, len(tok(prompt)["input_ids"]):]).tolist())
-    return out
-
-
 def test_backtracked_generation_equals_prefix_then_steered_continuation(llama) -> None:
     tok = RoundTrip()
     steer, other = _vectors(1)
     prompts = [tok.decode([5, 6, 7, 8, 9]), tok.decode([3, 4]), tok.decode([10, 11, 12, 13]), tok.decode([20])]
     probe = vector_probe(other, 2, 0.0)
-    scores = _scores(llama, tok, prompts, probe, 10)
+    scores = probe_scores(llama, tok, prompts, probe, 10)
     peaks = sorted(max(s[1:]) for s in scores)
     probe.threshold = (peaks[1] + peaks[2]) / 2  # two rows cross it, two never do
     result = backtrack_generate(llama, tok, prompts, probe, steer, coef=1.5, k=3, max_new_tokens=10)
