@@ -21,6 +21,7 @@ from actkit.serve.schema import APIError
 from actkit.serve.steering import SteerItem, VectorRegistry, build_writes, parse_preset, parse_steer
 from actkit.steer import combine, load_vector, save_vector, steering_writes
 from actkit.steer.lineas import LinEAS, load_lineas, save_lineas
+
 from lineas_helpers import LAYERS, RANK, save_toy_lineas
 
 PROMPT = "James reviewed the soup, 1 stars: The food was"

@@ -14,6 +14,7 @@ from actkit.core.interventions import Add
 from actkit.core.positions import From
 from actkit.steer import SteeringVector
 from actkit.steer.backtrack import Backtracking, backtrack_generate, vector_probe
+
 from backtrack_helpers import RoundTrip, probe_scores
 from tiny import DecodingTokenizer
 

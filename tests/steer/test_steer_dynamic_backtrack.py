@@ -13,8 +13,8 @@ from actkit.core.positions import From
 from actkit.steer import SteeringVector
 from actkit.steer.backtrack import Backtracking, VectorProbe, backtrack_generate, vector_probe
 from actkit.steer.dynamic import dynamic_generate, truncated_kl
-from backtrack_helpers import RoundTrip, probe_scores
 
+from backtrack_helpers import RoundTrip, probe_scores
 from tiny import DecodingTokenizer
 
 

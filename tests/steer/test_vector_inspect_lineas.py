@@ -10,9 +10,9 @@ import torch
 
 import actkit
 from actkit.sae import SparseAutoencoder, save_sae
-from lineas_helpers import LAYERS, RANK, save_toy_lineas
 
 from cli_helpers import assert_bad_input, invoke
+from lineas_helpers import LAYERS, RANK, save_toy_lineas
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 import actkit
 from actkit.steer import combine, load_vector, save_vector, steering_writes
 from actkit.steer.lineas import LinEAS
+
 from lineas_helpers import save_toy_lineas
 
 _spec = importlib.util.find_spec("vllm")
