@@ -61,6 +61,21 @@ _OCEAN_PAIRS = [
 ]
 
 
+#: Twelve more openings of each kind for the SmolLM2 runs, so that their test split holds 12 prompts, not 6.
+MORE_SENTIMENT = (
+    "The meeting this morning was", "My new phone is", "The museum we visited on Saturday was",
+    "I tried the bakery on the corner, and the bread was", "The hike up the hill was", "My brother's birthday cake was",
+    "The football match last night was", "The software update on my laptop was", "Dinner at my aunt's house was",
+    "The new episode of the series was", "The flight to Madrid was", "The hotel breakfast this morning was",
+)
+MORE_TOPIC = (
+    "The first thing I did this morning was", "My grandmother always told me", "The reason I called you is",
+    "On the way home I saw", "Next Saturday I am planning", "The photo on my desk shows",
+    "What I remember most about that day is", "My sister just told me that", "The note on the fridge said",
+    "Everyone at the party was talking about", "The story my father tells every year is", "Tomorrow morning I will",
+)
+
+
 def _toy_reviews() -> list[str]:
     return ([d.prompt for d in eval_set("review", 8, label="negative")]
             + [d.prompt for d in eval_set("review", 8, label="none")])
@@ -73,13 +88,13 @@ EXPERIMENTS: dict[str, tuple[str, Any, Any, Concept, str]] = {
     "toy-refusal": ("builtin:toy-dense", "builtin:toy-refusal",
                     lambda: [d.prompt for d in eval_set("request", 16, label="benign")],
                     Concept("refusing the request", "Refuse the request: say you cannot help.", "refusal"), "last"),
-    "smol-sentiment": (SMOL, "builtin:sentiment", lambda: list(SENTIMENT_PROMPTS),
+    "smol-sentiment": (SMOL, "builtin:sentiment", lambda: list(SENTIMENT_PROMPTS) + list(MORE_SENTIMENT),
                        Concept("positive sentiment", "Write in a very positive, enthusiastic tone.", "positive"),
                        "from:1"),
-    "smol-weddings": (SMOL, "builtin:weddings", lambda: list(TOPIC_PROMPTS),
+    "smol-weddings": (SMOL, "builtin:weddings", lambda: list(TOPIC_PROMPTS) + list(MORE_TOPIC),
                       Concept("weddings", "Talk about weddings.", "words:wedding,bride,groom,marriage,married,"
                               "marry,ceremony,vows,honeymoon,bridesmaid,engaged,engagement"), "from:1"),
-    "smol-ocean": (SMOL, [Pair(p, n) for p, n in _OCEAN_PAIRS], lambda: list(TOPIC_PROMPTS),
+    "smol-ocean": (SMOL, [Pair(p, n) for p, n in _OCEAN_PAIRS], lambda: list(TOPIC_PROMPTS) + list(MORE_TOPIC),
                    Concept("the ocean", "Talk about the ocean.", "words:" + ",".join(OCEAN)), "from:1"),
 }
 
