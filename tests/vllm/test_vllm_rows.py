@@ -125,3 +125,20 @@ def test_requests_with_the_same_writes_share_one_write_with_the_same_result() ->
     apart, n_apart = steered([Scheduled(0, 3, 2, w), Scheduled(3, 4, 6, dict(w)), Scheduled(4, 5, 5, None)])
     assert (n_shared, n_apart) == (2, 4)
     assert torch.equal(shared, apart)
+
+
+def test_an_add_at_every_position_is_formed_once_with_the_bits_of_add() -> None:
+    torch.manual_seed(2)
+    add = Add(torch.randn(D), coef=3.0)
+    writes = {"resid_post.1": [add]}
+    positions = torch.tensor([0, 1, 2, 7, 8, 0])
+    for n_rows, requests in [(5, [Scheduled(0, 3, 3, writes), Scheduled(3, 5, 7, writes)]),  # one steering, all rows
+                             (5, [Scheduled(0, 3, 3, writes), Scheduled(3, 5, 7, None)]),  # some rows
+                             (6, [Scheduled(0, 3, 3, writes), Scheduled(3, 5, 7, writes)])]:  # a padding row
+        (value,) = step_writes(requests, n_rows, range(2))[0]["module:layers.1:output.1"]
+        ctx = step_context(positions[:n_rows], row_frame(n_rows, requests))
+        x = torch.randn(n_rows, 1, D)
+        rows = torch.tensor([r < 3 or writes is requests[1].writes for r in range(n_rows)]) & ctx.valid[:, 0]
+        expected = torch.where(rows[:, None, None], add(x, add.positions.mask(ctx), ctx), x)
+        assert torch.equal(value(x, value.positions.mask(ctx), ctx), expected)
+        assert (type(value) is Add) == (n_rows == 6)  # formed once unless a row is padding

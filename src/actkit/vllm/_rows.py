@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from actkit.core.interventions import Add, Intervention, OnRows
-from actkit.core.positions import StepContext
+from actkit.core.interventions import Add, Intervention, OnRows, per_row
+from actkit.core.positions import All, StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
@@ -159,6 +159,38 @@ class OnStream(Intervention):
         raise ActkitError("OnStream is applied through its __call__")
 
 
+class Shift(Intervention):
+    """An `Add` of one vector at every position, its ``coef * vector`` formed once per dtype instead of per pass:
+    the same bits as the `Add` on every row it is given (so only where no row is padding).
+
+    Arguments:
+        add: an `Add` at all positions with a scalar coefficient and a (d,) vector (see `shift_of`).
+    """
+
+    def __init__(self, add: Add):
+        super().__init__(All())
+        self.add = add
+        self._delta: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        delta = self._delta
+        if delta is None or delta.dtype != x.dtype or delta.device != x.device:
+            delta = per_row(self.add.coef, x, "coefficient") * per_row(self.add.vector, x, "vector")  # as Add.edit
+            self._delta = delta
+        return x + delta
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self(x, ctx.valid, ctx)
+
+
+def shift_of(value: Intervention) -> Shift | None:
+    """`value` as a `Shift` when it is an `Add` at every position of one (d,) vector times a scalar, else None."""
+    if (type(value) is Add and isinstance(value.positions, All) and value.vector.dim() == 1
+            and torch.as_tensor(value.coef).dim() == 0):
+        return Shift(value)
+    return None
+
+
 def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
                 ) -> tuple[dict[str, list[Intervention]], dict[str, Hidden]]:
     """The writes (and hidden reads) of one pass, for ``tap(Blocks(...), write=..., read=...)``.
@@ -188,6 +220,7 @@ def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
         # one steering for every request: no rows to pick (padding rows are not valid, so nothing selects them)
         whole = len(members) == len(requests)
         index = torch.arange(n_rows) if whole else torch.nonzero(rows).reshape(-1)
+        padded = whole and sum(r.stop - r.start for r in requests) < n_rows  # a Shift would write padding rows
         for name, values in request_writes.items():
             site = Site.parse(name)
             if site.kind != SITE or site.layer is None:
@@ -199,9 +232,11 @@ def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
                 if not isinstance(value, Add):  # Add is linear: adding to the residual half adds to the stream
                     key = f"module:layers.{site.layer}:output.0"  # read before element 1 is written
                     value = OnStream(value, reads.setdefault(key, Hidden()), index)
+                elif not padded:
+                    value = shift_of(value) or value
                 target.append(value if whole else OnRows(value, rows))
     return writes, reads
 
 
-__all__ = ["SITE", "Blocks", "Frame", "Hidden", "OnStream", "Scheduled", "frame_on", "row_frame", "step_context",
-           "step_writes"]
+__all__ = ["SITE", "Blocks", "Frame", "Hidden", "OnStream", "Scheduled", "Shift", "frame_on", "row_frame",
+           "shift_of", "step_context", "step_writes"]
