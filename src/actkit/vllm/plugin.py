@@ -157,9 +157,12 @@ class Steering:
         self.registry = registry
         self._writes: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
         self._by_text: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
-        self._layout: tuple[Any, ...] | None = None
+        self._batch: tuple[str, ...] = ()  # the requests of the last pass, in row order
+        self._batch_writes: list[Mapping[str, Sequence[Intervention]] | None] = []
+        self._prompt_lens: list[int] = []
+        self._steered = False
+        self._bounds: tuple[int, tuple[int, ...]] | None = None  # the rows of the pass the hooks are on for
         self._frame: Frame | None = None
-        self._held: list[Any] = []
         self._hooks: contextlib.ExitStack | None = None
         self._tap: Any = None
 
@@ -209,22 +212,20 @@ class Steering:
 
     def forward(self, runner: Any, run: Callable[..., Any], input_ids: Any = None, positions: Any = None,
                 *args: Any, **kwargs: Any) -> Any:
-        """Run the model's pass with each scheduled request steered on its own rows."""
-        ids = runner.input_batch.req_ids
-        states = runner.requests
-        writes = [self.writes_of(request_id, states[request_id].sampling_params) for request_id in ids]
-        if len(self._writes) > 2 * len(states) + 64:  # forget finished requests
-            self._writes = {k: v for k, v in self._writes.items() if k in states}
-        if positions is None or not any(writes):
+        """Run the model's pass with each scheduled request steered on its own rows.
+
+        A request's writes and prompt length never change, so the pass's requests (in row order) decide which
+        are steered, and with the rows' bounds they decide the layout: a decode step of an unchanged batch costs
+        two tuple comparisons and its context."""
+        ids = tuple(runner.input_batch.req_ids)
+        if ids != self._batch:
+            self._new_batch(ids, runner.requests)
+        if positions is None or not self._steered:
             self.release()
             return run(input_ids, positions, *args, **kwargs)
-        starts = runner.query_start_loc.cpu[: len(ids) + 1].tolist()
-        n_rows = int(positions.shape[0])
-        layout = (n_rows, tuple((id(w) if w else 0, starts[i], starts[i + 1], int(states[r].num_prompt_tokens))
-                                for i, (r, w) in enumerate(zip(ids, writes, strict=True))))
-        if layout != self._layout or self._tap is None:
-            self._steer(layout, [Scheduled(a, b, p, w) for (_, a, b, p), w in zip(layout[1], writes, strict=True)],
-                        writes, positions.device)
+        bounds = (int(positions.shape[0]), tuple(runner.query_start_loc.cpu[: len(ids) + 1].tolist()))
+        if bounds != self._bounds or self._tap is None:
+            self._steer(bounds, positions.device)
         assert self._frame is not None
         self._tap.context = step_context(positions, self._frame)
         try:
@@ -233,23 +234,33 @@ class Steering:
             self.release()
             raise
 
-    def _steer(self, layout: tuple[Any, ...], scheduled: list[Scheduled], writes: list[Any],
-               device: torch.device) -> None:
-        """Put on the hooks of a new layout (the previous ones come off first)."""
+    def _new_batch(self, ids: tuple[str, ...], states: Mapping[str, Any]) -> None:
+        """Look up the writes and prompt lengths of a batch's requests; its hooks go on at its first pass."""
         self.release()
-        n_rows = layout[0]
+        self._batch = ids
+        self._batch_writes = [self.writes_of(request_id, states[request_id].sampling_params) for request_id in ids]
+        self._prompt_lens = [int(states[request_id].num_prompt_tokens) for request_id in ids]
+        self._steered = any(self._batch_writes)
+        if len(self._writes) > 2 * len(states) + 64:  # forget finished requests
+            self._writes = {k: v for k, v in self._writes.items() if k in states}
+
+    def _steer(self, bounds: tuple[int, tuple[int, ...]], device: torch.device) -> None:
+        """Put on the hooks of the batch on these rows (the previous ones come off first)."""
+        self.release()
+        n_rows, starts = bounds
+        scheduled = [Scheduled(starts[i], starts[i + 1], p, w)
+                     for i, (p, w) in enumerate(zip(self._prompt_lens, self._batch_writes, strict=True))]
         step, hidden = step_writes(scheduled, n_rows, self.layers)
         hooks = contextlib.ExitStack()
         self._tap = hooks.enter_context(tap(self.blocks, write=step, read={k: h.capture for k, h in hidden.items()}))
         self._hooks = hooks
         self._frame = frame_on(row_frame(n_rows, scheduled), device)
-        self._layout = layout
-        self._held = writes  # alive while their ids key the layout
+        self._bounds = bounds
 
     def release(self) -> None:
         """Take the hooks off the blocks (nothing to do when they are off)."""
         if self._hooks is not None:
-            hooks, self._hooks, self._tap, self._layout = self._hooks, None, None, None
+            hooks, self._hooks, self._tap, self._bounds = self._hooks, None, None, None
             hooks.close()
 
 
