@@ -15,9 +15,9 @@ installed) the script trains a sentiment vector into a temporary folder and meas
 Concurrency 1 is ``--requests`` requests one after the other; concurrency 8 is eight requests submitted at once.
 vLLM runs in one process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), eager (``enforce_eager``, which the plugin
 needs), float32, without prefix caching; every process gets ``--threads`` torch threads. The variants of a process
-run in interleaved rounds (median of ``--repeats``); processes run one after the other, so compare ratios within
-a process first. The machine and versions are printed with the table. The defaults take about 6 minutes for both
-models on 2 cores (about 1 for toy-dense alone).
+run in interleaved rounds (median of ``--repeats``, three times as many for toy-dense); processes run one after
+the other, so compare ratios within a process first. The machine and versions are printed with the table. The
+defaults take about 7 minutes for both models on 2 cores (about 1.5 for toy-dense alone).
 
     .venv-vllm/bin/python bench/vllm.py [--models toy-dense,smollm2-135m-instruct] [--tokens 32] [--repeats 5]
 """
@@ -52,6 +52,9 @@ PROMPTS = [
     "Eva reviewed the park: The",
     "Ian reviewed the train: It was",
 ]
+#: toy-dense's runs take a few hundredths of a second, where the machine's noise is largest: it gets this many
+#: times the rounds (its processes still take under a minute).
+TOY_ROUNDS = 3
 #: The vector's blocks per model (about the middle of the stack) and the coefficient (absolute).
 LAYERS = {"toy-dense": [2, 3], "smollm2-135m-instruct": [12, 18]}
 COEF = 4.0
@@ -180,7 +183,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_worker(kind: str, folder: Path, vectors: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_worker(kind: str, name: str, folder: Path, vectors: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "ACTKIT_VECTORS": str(vectors)}
@@ -188,7 +191,8 @@ def run_worker(kind: str, folder: Path, vectors: Path, args: argparse.Namespace)
         env["VLLM_PLUGINS"] = ""  # no general plugin: the runners are vLLM's own
         env.pop("ACTKIT_VECTORS")
     command = [sys.executable, __file__, "--worker", kind, "--folder", str(folder), "--tokens", str(args.tokens),
-               "--repeats", str(args.repeats), "--requests", str(args.requests)]
+               "--repeats", str(args.repeats * TOY_ROUNDS if name == "toy-dense" else args.repeats),
+               "--requests", str(args.requests)]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -233,7 +237,7 @@ def main() -> None:
             rates: dict[str, dict[str, Any]] = {}
             for kind in args.kinds.split(","):
                 try:
-                    rates[kind] = run_worker(kind, folder, vectors, args)
+                    rates[kind] = run_worker(kind, name, folder, vectors, args)
                 except (SystemExit, subprocess.TimeoutExpired) as error:
                     print(f"{name}: the {kind} process gave no result ({str(error)[:200]})")
                     rates[kind] = {}
