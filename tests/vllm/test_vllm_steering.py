@@ -154,6 +154,15 @@ def test_hooks_stay_on_while_the_layout_stays_and_come_off_without_steering(
     assert llm.apply_model(_hooks_on_blocks) == [2]  # the sentiment vector's blocks (2 and 3), one hook each
     llm.generate(prompt, SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)
     assert llm.apply_model(_hooks_on_blocks) == [0]  # an unsteered pass runs vLLM's model as it is
+    llm.generate(prompt, SamplingParams(max_tokens=4, temperature=0.0, extra_args={"steer": steer}), use_tqdm=False)
+    assert llm.apply_model(_hooks_on_blocks) == [2]
+    # vLLM's dummy pass (5 rows, where the hooks were put on for 1) calls the model directly: they come off first
+    llm.collective_rpc(_dummy_pass)
+    assert llm.apply_model(_hooks_on_blocks) == [0]
+
+
+def _dummy_pass(worker: Any) -> None:
+    worker.model_runner._dummy_run(5)
 
 
 def test_a_bad_request_is_refused_at_admission_and_the_engine_goes_on(llm: Any, toy: tuple[Any, Any]) -> None:
