@@ -24,7 +24,7 @@ collect_ignore_glob: list[str] = []
 _spec = importlib.util.find_spec("vllm")
 if _spec is None or _spec.origin is None:
     # vLLM lives in its own venv (./run test-vllm); test_vllm_rows.py needs no vLLM and runs everywhere
-    collect_ignore_glob = ["test_vllm_steering.py", "test_vllm_server.py", "test_vllm_export.py"]
+    collect_ignore_glob = ["test_vllm_steering.py", "test_vllm_server.py", "test_vllm_export.py", "test_vllm_tp.py"]
 
 for _key, _value in {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
                      "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",

@@ -16,7 +16,7 @@ from actkit.core.hooks import tap
 from actkit.core.interventions import Add
 from actkit.core.positions import Generated, Prompt, StepContext
 from actkit.steer import Ablate
-from actkit.vllm._rows import Blocks, Scheduled, step_context, step_writes
+from actkit.vllm._rows import Blocks, Scheduled, row_frame, step_context, step_writes
 
 D = 8
 
@@ -81,9 +81,9 @@ def test_each_request_gets_its_writes_on_its_rows_only() -> None:
     positions = torch.tensor([5, 6, 7, 8, 10, 0, 1, 2, 3, 0])  # a: prompt 5..7, generated 8; b: decode; pad
     plain = run_split(layers, x)
 
-    writes, residuals = step_writes(requests, 10, range(3))
-    with tap(Blocks(Config(), layers), write=writes, read={k: r.capture for k, r in residuals.items()}) as state:
-        state.context = step_context(positions, requests)
+    writes, hidden = step_writes(requests, 10, range(3))
+    with tap(Blocks(Config(), layers), write=writes, read={k: h.capture for k, h in hidden.items()}) as state:
+        state.context = step_context(positions, row_frame(10, requests))
         out = run_split(layers, x)
 
     expect_a = run_alone(layers, x[0:4], {0: a["resid_post.0"], 1: a["resid_post.1"]}, [5, 6, 7, 8], 8)
@@ -97,12 +97,12 @@ def test_each_request_gets_its_writes_on_its_rows_only() -> None:
 def test_writes_at_blocks_another_rank_holds_are_left_to_it() -> None:
     v = torch.randn(D)
     requests = [Scheduled(0, 2, 2, {"resid_post.0": [Add(v)], "resid_post.5": [Ablate(v)]})]
-    writes, residuals = step_writes(requests, 2, range(0, 3))
-    assert list(writes) == ["module:layers.0:output.0"] and residuals == {}
+    writes, hidden = step_writes(requests, 2, range(0, 3))
+    assert list(writes) == ["module:layers.0:output.1"] and hidden == {}
 
 
 def test_the_context_marks_padding_and_each_rows_prompt() -> None:
-    ctx = step_context(torch.tensor([3, 4, 9, 0]), [Scheduled(0, 2, 6, None), Scheduled(2, 3, 5, None)])
+    ctx = step_context(torch.tensor([3, 4, 9, 0]), row_frame(4, [Scheduled(0, 2, 6, None), Scheduled(2, 3, 5, None)]))
     assert ctx.positions[:, 0].tolist() == [3, 4, 9, -1]
     assert ctx.valid[:, 0].tolist() == [True, True, True, False]
     assert ctx.prompt_len.tolist() == [6, 6, 5, 0]
@@ -116,12 +116,29 @@ def test_requests_with_the_same_writes_share_one_write_with_the_same_result() ->
     x, positions = torch.randn(5, D), torch.tensor([0, 1, 2, 9, 4])
 
     def steered(requests: list[Scheduled]) -> tuple[torch.Tensor, int]:
-        writes, residuals = step_writes(requests, 5, range(2))
-        with tap(Blocks(Config(), layers), write=writes, read={k: r.capture for k, r in residuals.items()}) as st:
-            st.context = step_context(positions, requests)
-            return run_split(layers, x), len(writes["module:layers.1:output.0"])
+        writes, hidden = step_writes(requests, 5, range(2))
+        with tap(Blocks(Config(), layers), write=writes, read={k: h.capture for k, h in hidden.items()}) as st:
+            st.context = step_context(positions, row_frame(5, requests))
+            return run_split(layers, x), len(writes["module:layers.1:output.1"])
 
     shared, n_shared = steered([Scheduled(0, 3, 2, w), Scheduled(3, 4, 6, w), Scheduled(4, 5, 5, None)])
     apart, n_apart = steered([Scheduled(0, 3, 2, w), Scheduled(3, 4, 6, dict(w)), Scheduled(4, 5, 5, None)])
     assert (n_shared, n_apart) == (2, 4)
     assert torch.equal(shared, apart)
+
+
+def test_an_add_at_every_position_is_formed_once_with_the_bits_of_add() -> None:
+    torch.manual_seed(2)
+    add = Add(torch.randn(D), coef=3.0)
+    writes = {"resid_post.1": [add]}
+    positions = torch.tensor([0, 1, 2, 7, 8, 0])
+    for n_rows, requests in [(5, [Scheduled(0, 3, 3, writes), Scheduled(3, 5, 7, writes)]),  # one steering, all rows
+                             (5, [Scheduled(0, 3, 3, writes), Scheduled(3, 5, 7, None)]),  # some rows
+                             (6, [Scheduled(0, 3, 3, writes), Scheduled(3, 5, 7, writes)])]:  # a padding row
+        (value,) = step_writes(requests, n_rows, range(2))[0]["module:layers.1:output.1"]
+        ctx = step_context(positions[:n_rows], row_frame(n_rows, requests))
+        x = torch.randn(n_rows, 1, D)
+        rows = torch.tensor([r < 3 or writes is requests[1].writes for r in range(n_rows)]) & ctx.valid[:, 0]
+        expected = torch.where(rows[:, None, None], add(x, add.positions.mask(ctx), ctx), x)
+        assert torch.equal(value(x, value.positions.mask(ctx), ctx), expected)
+        assert (type(value) is Add) == (n_rows == 6)  # formed once unless a row is padding

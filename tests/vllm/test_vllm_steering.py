@@ -106,16 +106,16 @@ def test_mixed_batch_each_equals_alone_and_actkit(llm: Any, toy: tuple[Any, Any]
         [{"vector": "refusal", "coef": 0.5, "relative": True}],
     ]
     texts = [json.dumps(s) if s is not None else None for s in steers]
-    passes: list[list[Scheduled]] = []
-    record = plugin.step_context
+    layouts: list[list[Scheduled]] = []  # each steered layout (a pass, or decode steps of an unchanged batch)
+    record = plugin.step_writes
 
-    def recording(positions: torch.Tensor, requests: list[Scheduled], *frame: Any) -> Any:
-        passes.append([*requests])
-        return record(positions, requests, *frame)
+    def recording(requests: list[Scheduled], *rest: Any) -> Any:
+        layouts.append([*requests])
+        return record(requests, *rest)
 
-    monkeypatch.setattr(plugin, "step_context", recording)
+    monkeypatch.setattr(plugin, "step_writes", recording)
     together = run(llm, tokenizer, PROMPTS, texts)
-    monkeypatch.setattr(plugin, "step_context", record)
+    monkeypatch.setattr(plugin, "step_writes", record)
     alone = [run(llm, tokenizer, [p], [t])[0] for p, t in zip(PROMPTS, texts, strict=True)]
     registry = VectorRegistry.from_folder(vector_dir, model)
     changed = 0
@@ -126,9 +126,43 @@ def test_mixed_batch_each_equals_alone_and_actkit(llm: Any, toy: tuple[Any, Any]
         changed += steer is not None and expected != reference(toy, prompt, None)
     assert changed >= 6
     # the batch really mixed: a pass held prefill rows and decode rows, and a prompt was prefilled in chunks
-    assert any(any(r.stop - r.start > 1 for r in p) and any(r.stop - r.start == 1 for r in p) for p in passes)
+    assert any(any(r.stop - r.start > 1 for r in p) and any(r.stop - r.start == 1 for r in p) for p in layouts)
     lengths = {len(tokenizer(p)["input_ids"]) for p in PROMPTS}
     assert max(lengths) > BUDGET
+
+
+def _hooks_on_blocks(model: torch.nn.Module) -> int:
+    return sum(len(b._forward_hooks) + len(b._forward_pre_hooks) for b in model.model.layers)
+
+
+def test_hooks_stay_on_while_the_layout_stays_and_come_off_without_steering(
+        llm: Any, toy: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm import SamplingParams
+
+    _, tokenizer = toy
+    opened: list[int] = []
+    passes: list[int] = []
+    real_tap, real_context = plugin.tap, plugin.step_context
+    monkeypatch.setattr(plugin, "tap", lambda *a, **k: (opened.append(1), real_tap(*a, **k))[1])
+    monkeypatch.setattr(plugin, "step_context", lambda *a: (passes.append(1), real_context(*a))[1])
+    prompt = [{"prompt_token_ids": tokenizer(PROMPTS[0])["input_ids"]}]
+    steer = json.dumps([{"vector": "sentiment", "coef": 2.0}])
+    llm.generate(prompt, SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True,
+                                        extra_args={"steer": steer}), use_tqdm=False)
+    # one prefill pass, then NEW - 1 decode steps of one unchanged layout: the hooks go on twice, not per pass
+    assert (len(opened), len(passes)) == (2, NEW)
+    assert llm.apply_model(_hooks_on_blocks) == [2]  # the sentiment vector's blocks (2 and 3), one hook each
+    llm.generate(prompt, SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)
+    assert llm.apply_model(_hooks_on_blocks) == [0]  # an unsteered pass runs vLLM's model as it is
+    llm.generate(prompt, SamplingParams(max_tokens=4, temperature=0.0, extra_args={"steer": steer}), use_tqdm=False)
+    assert llm.apply_model(_hooks_on_blocks) == [2]
+    # vLLM's dummy pass (5 rows, where the hooks were put on for 1) calls the model directly: they come off first
+    llm.collective_rpc(_dummy_pass)
+    assert llm.apply_model(_hooks_on_blocks) == [0]
+
+
+def _dummy_pass(worker: Any) -> None:
+    worker.model_runner._dummy_run(5)
 
 
 def test_a_bad_request_is_refused_at_admission_and_the_engine_goes_on(llm: Any, toy: tuple[Any, Any]) -> None:

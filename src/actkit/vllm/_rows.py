@@ -8,9 +8,9 @@ absolute position and its request's prompt length, so the core's `Positions` rul
 request's writes to its rows, leaving the other rows bit for bit.
 
 vLLM's decoder blocks return ``(hidden, residual)``; the residual stream leaving the block (actkit's
-``resid_post``) is their sum, formed inside the next block's norm. Adding a vector to ``hidden`` adds it to that
-sum, so `Add` writes there directly; any other write (`Ablate`) sees the sum, read from the block's
-``post_attention_layernorm`` (which returns the residual), and hands back ``new - residual``.
+``resid_post``) is their sum, formed inside the next block's norm. The writes go to the ``residual`` half: adding
+a vector there adds it to the sum, so `Add` writes there directly; any other write (`Ablate`) sees the sum, with
+``hidden`` read from the same output just before, and hands back ``new - hidden``. One hook per steered block.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from actkit.core.interventions import Add, Intervention, OnRows
-from actkit.core.positions import StepContext
+from actkit.core.interventions import Add, Intervention, OnRows, per_row
+from actkit.core.positions import All, StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
 
@@ -57,9 +57,28 @@ class Blocks(nn.Module):
         self.layers = layers
 
 
-def row_frame(n_rows: int, requests: Sequence[Scheduled]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(valid, prompt_len), each (N,): which rows hold a scheduled token, and the prompt length of its request.
-    It depends on the batch's layout only, so an engine may keep it while the layout stays."""
+@dataclass(frozen=True)
+class Frame:
+    """What a pass's context needs beyond its positions, fixed while the batch's layout stays (so an engine keeps
+    it across the decode steps of an unchanged batch).
+
+    Attributes:
+        valid: (N, 1) bool, which rows hold a scheduled token (the others are padding).
+        prompt_len: (N,) the prompt length of each row's request (0 on padding).
+        rows: (N,) the row indices (each row is its own one-token "sequence").
+        zeros: (N,) zeros (no row is split out of a longer document).
+        padded: whether any row is padding.
+    """
+
+    valid: torch.Tensor
+    prompt_len: torch.Tensor
+    rows: torch.Tensor
+    zeros: torch.Tensor
+    padded: bool
+
+
+def row_frame(n_rows: int, requests: Sequence[Scheduled]) -> Frame:
+    """The `Frame` of a pass of `n_rows` rows holding `requests`."""
     valid = torch.zeros(n_rows, dtype=torch.bool)
     prompt_len = torch.zeros(n_rows, dtype=torch.long)
     if requests and all(a.stop == b.start for a, b in zip(requests, requests[1:], strict=False)):
@@ -67,36 +86,40 @@ def row_frame(n_rows: int, requests: Sequence[Scheduled]) -> tuple[torch.Tensor,
         valid[start:stop] = True
         prompt_len[start:stop] = torch.repeat_interleave(torch.tensor([r.prompt_len for r in requests]),
                                                          torch.tensor([r.stop - r.start for r in requests]))
-        return valid, prompt_len
-    for r in requests:
-        valid[r.start:r.stop] = True
-        prompt_len[r.start:r.stop] = r.prompt_len
-    return valid, prompt_len
+    else:
+        for r in requests:
+            valid[r.start:r.stop] = True
+            prompt_len[r.start:r.stop] = r.prompt_len
+    rows = torch.arange(n_rows)
+    return Frame(valid[:, None], prompt_len, rows, torch.zeros_like(rows), not bool(valid.all()))
 
 
-def step_context(positions: torch.Tensor, requests: Sequence[Scheduled],
-                 frame: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepContext:
+def step_context(positions: torch.Tensor, frame: Frame) -> StepContext:
     """The context of a flattened pass of N tokens as N one-token rows.
 
     Arguments:
         positions: (N,) the absolute position of each row's token (what the engine gives its model).
-        requests: the scheduled requests, each on its rows; rows outside them (padding) are not valid.
-        frame: `row_frame` of this layout, when the caller kept it.
+        frame: `row_frame` of the pass's layout (on the device of `positions`).
 
     Returns:
-        A (N, 1) `StepContext`: position, validity and the prompt length of the row's request.
+        A (N, 1) `StepContext`: position (-1 on padding), validity and the prompt length of the row's request.
     """
-    n = int(positions.shape[0])
-    device = positions.device
-    valid, prompt_len = frame if frame is not None else row_frame(n, requests)
-    valid, prompt_len = valid.to(device), prompt_len.to(device)
-    where = positions.to(torch.long).masked_fill(~valid, -1)
-    rows = torch.arange(n, device=device)
-    return StepContext(where[:, None], valid[:, None], prompt_len, rows, torch.zeros_like(rows))
+    where = positions.to(torch.long)[:, None]
+    if frame.padded:
+        where = where.masked_fill(~frame.valid, -1)
+    return StepContext(where, frame.valid, frame.prompt_len, frame.rows, frame.zeros)
 
 
-class Residual:
-    """The residual half of a block's output in the current pass (set by a read inside the block)."""
+def frame_on(frame: Frame, device: torch.device) -> Frame:
+    """`frame` with its tensors on `device` (the same object when they are there already)."""
+    if frame.valid.device == device:
+        return frame
+    return Frame(frame.valid.to(device), frame.prompt_len.to(device), frame.rows.to(device),
+                 frame.zeros.to(device), frame.padded)
+
+
+class Hidden:
+    """The ``hidden`` half of a block's output in the current pass (set by a read just before the writes)."""
 
     def __init__(self) -> None:
         self.value: torch.Tensor | None = None
@@ -106,39 +129,71 @@ class Residual:
 
 
 class OnStream(Intervention):
-    """`inner` applied to ``hidden + residual`` of a block that returns them apart; the block's ``hidden``
-    becomes ``inner(hidden + residual) - residual`` on the tokens `inner` selects and is unchanged elsewhere.
+    """`inner` applied to ``hidden + residual`` of a block that returns them apart, written to the ``residual``
+    half: it becomes ``inner(hidden + residual) - hidden`` on the tokens `inner` selects and is unchanged elsewhere.
 
     Arguments:
         inner: the intervention on the residual stream.
-        residual: where the pass's residual is captured.
-        index: the rows this intervention will see (under `OnRows`), to slice the residual alike.
+        hidden: where the pass's ``hidden`` is captured.
+        index: the rows this intervention will see (under `OnRows`), to slice ``hidden`` alike.
     """
 
-    def __init__(self, inner: Intervention, residual: Residual, index: torch.Tensor):
+    def __init__(self, inner: Intervention, hidden: Hidden, index: torch.Tensor):
         super().__init__(inner.positions)
         self.inner = inner
-        self.residual = residual
+        self.hidden = hidden
         self.index = index
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        if self.residual.value is None:
-            raise ActkitError("the block's residual was not captured in this pass")
+        if self.hidden.value is None:
+            raise ActkitError("the block's hidden output was not captured in this pass")
         index = self.index.to(x.device)
-        r = self.residual.value.index_select(0, index)
-        stream = x + r
+        h = self.hidden.value.index_select(0, index)
+        stream = x + h
         new = self.inner(stream, mask, ctx)
         if new is stream:
             return x
-        return torch.where(mask.reshape(*mask.shape, 1), new - r, x)
+        return torch.where(mask.reshape(*mask.shape, 1), new - h, x)
 
     def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         raise ActkitError("OnStream is applied through its __call__")
 
 
+class Shift(Intervention):
+    """An `Add` of one vector at every position, its ``coef * vector`` formed once per dtype instead of per pass:
+    the same bits as the `Add` on every row it is given (so only where no row is padding).
+
+    Arguments:
+        add: an `Add` at all positions with a scalar coefficient and a (d,) vector (see `shift_of`).
+    """
+
+    def __init__(self, add: Add):
+        super().__init__(All())
+        self.add = add
+        self._delta: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        delta = self._delta
+        if delta is None or delta.dtype != x.dtype or delta.device != x.device:
+            delta = per_row(self.add.coef, x, "coefficient") * per_row(self.add.vector, x, "vector")  # as Add.edit
+            self._delta = delta
+        return x + delta
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self(x, ctx.valid, ctx)
+
+
+def shift_of(value: Intervention) -> Shift | None:
+    """`value` as a `Shift` when it is an `Add` at every position of one (d,) vector times a scalar, else None."""
+    if (type(value) is Add and isinstance(value.positions, All) and value.vector.dim() == 1
+            and torch.as_tensor(value.coef).dim() == 0):
+        return Shift(value)
+    return None
+
+
 def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
-                ) -> tuple[dict[str, list[Intervention]], dict[str, Residual]]:
-    """The writes (and residual reads) of one pass, for ``tap(Blocks(...), write=..., read=...)``.
+                ) -> tuple[dict[str, list[Intervention]], dict[str, Hidden]]:
+    """The writes (and hidden reads) of one pass, for ``tap(Blocks(...), write=..., read=...)``.
 
     Arguments:
         requests: the scheduled requests; those without writes are left alone.
@@ -149,10 +204,10 @@ def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
     Returns:
         (module site -> each request's interventions confined to its rows, in request and item order (requests
         whose writes are one object, the same steering, share one intervention over all their rows);
-        module site of a block's residual -> where to capture it, for the blocks that need it).
+        module site of a block's ``hidden`` -> where to capture it, for the blocks that need it).
     """
     writes: dict[str, list[Intervention]] = {}
-    reads: dict[str, Residual] = {}
+    reads: dict[str, Hidden] = {}
     # requests that share one writes object (the same steering text) share one write over all their rows
     groups: dict[int, tuple[Mapping[str, Sequence[Intervention]], list[Scheduled]]] = {}
     for r in requests:
@@ -165,19 +220,23 @@ def step_writes(requests: Sequence[Scheduled], n_rows: int, layers: range
         # one steering for every request: no rows to pick (padding rows are not valid, so nothing selects them)
         whole = len(members) == len(requests)
         index = torch.arange(n_rows) if whole else torch.nonzero(rows).reshape(-1)
+        padded = whole and sum(r.stop - r.start for r in requests) < n_rows  # a Shift would write padding rows
         for name, values in request_writes.items():
             site = Site.parse(name)
             if site.kind != SITE or site.layer is None:
                 raise ActkitError(f"write at {name}: the vLLM plugin steers at {SITE}.L only")
             if site.layer not in layers:
                 continue
-            target = writes.setdefault(f"module:layers.{site.layer}:output.0", [])
+            target = writes.setdefault(f"module:layers.{site.layer}:output.1", [])
             for value in values:
-                if not isinstance(value, Add):  # Add is linear: adding to the hidden half adds to the stream
-                    key = f"module:layers.{site.layer}.post_attention_layernorm:output.1"
-                    value = OnStream(value, reads.setdefault(key, Residual()), index)
+                if not isinstance(value, Add):  # Add is linear: adding to the residual half adds to the stream
+                    key = f"module:layers.{site.layer}:output.0"  # read before element 1 is written
+                    value = OnStream(value, reads.setdefault(key, Hidden()), index)
+                elif not padded:
+                    value = shift_of(value) or value
                 target.append(value if whole else OnRows(value, rows))
     return writes, reads
 
 
-__all__ = ["SITE", "Blocks", "OnStream", "Residual", "Scheduled", "row_frame", "step_context", "step_writes"]
+__all__ = ["SITE", "Blocks", "Frame", "Hidden", "OnStream", "Scheduled", "Shift", "frame_on", "row_frame",
+           "shift_of", "step_context", "step_writes"]

@@ -6,6 +6,7 @@ Importing this module imports vLLM; `actkit.vllm` itself does not.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from actkit.core.interventions import Intervention
 from actkit.errors import ActkitError
 from actkit.serve.schema import APIError
 from actkit.serve.steering import VectorRegistry, build_writes, parse_steer
-from actkit.vllm._rows import SITE, Blocks, Residual, Scheduled, row_frame, step_context, step_writes
+from actkit.vllm._rows import SITE, Blocks, Frame, Scheduled, frame_on, row_frame, step_context, step_writes
 
 logger = logging.getLogger("actkit.vllm")
 
@@ -85,7 +86,8 @@ def register() -> None:
 
 
 def _patch(runner: type) -> None:
-    """Wrap the runner class's own ``load_model`` (start steering after loading) and ``_model_forward``."""
+    """Wrap the runner class's own ``load_model`` (start steering after loading), ``_model_forward`` (steer each
+    pass) and ``_dummy_run`` (which calls the model directly: the hooks of the last steered batch come off first)."""
     load = runner.__dict__.get("load_model")
     if load is not None and not getattr(load, _MARK, False):
         @functools.wraps(load)
@@ -105,6 +107,16 @@ def _patch(runner: type) -> None:
             return steering.forward(self, functools.partial(forward, self), *args, **kwargs)
         setattr(_model_forward, _MARK, True)
         runner._model_forward = _model_forward  # type: ignore[attr-defined]
+    dummy = runner.__dict__.get("_dummy_run")
+    if dummy is not None and not getattr(dummy, _MARK, False):
+        @functools.wraps(dummy)
+        def _dummy_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            steering: Steering | None = getattr(self, "_actkit_steering", None)
+            if steering is not None:
+                steering.release()
+            return dummy(self, *args, **kwargs)
+        setattr(_dummy_run, _MARK, True)
+        runner._dummy_run = _dummy_run  # type: ignore[attr-defined]
 
 
 def _refusals(model: torch.nn.Module, config: Any) -> list[str]:
@@ -131,7 +143,13 @@ def _refusals(model: torch.nn.Module, config: Any) -> list[str]:
 
 
 class Steering:
-    """The steering state of one model runner: the blocks, the vectors, and each request's writes."""
+    """The steering state of one model runner: the blocks, the vectors, each request's writes, and the hooks of
+    the batch being steered.
+
+    The hooks (the core's `tap` on the blocks) stay on while consecutive passes have the same layout (the decode
+    steps of an unchanged batch): such a pass only sets its context. They come off at a pass without steered
+    requests, which then runs exactly as vLLM's own, and are replaced when the layout changes.
+    """
 
     def __init__(self, blocks: Blocks, layers: range, registry: VectorRegistry):
         self.blocks = blocks
@@ -139,10 +157,14 @@ class Steering:
         self.registry = registry
         self._writes: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
         self._by_text: dict[str, Mapping[str, Sequence[Intervention]] | None] = {}
-        self._layout: tuple[Any, ...] | None = None
-        self._frame: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._held: list[Any] = []
-        self._step: tuple[dict[str, list[Intervention]], dict[str, Residual]] = ({}, {})
+        self._batch: tuple[str, ...] = ()  # the requests of the last pass, in row order
+        self._batch_writes: list[Mapping[str, Sequence[Intervention]] | None] = []
+        self._prompt_lens: list[int] = []
+        self._steered = False
+        self._bounds: tuple[int, tuple[int, ...]] | None = None  # the rows of the pass the hooks are on for
+        self._frame: Frame | None = None
+        self._hooks: contextlib.ExitStack | None = None
+        self._tap: Any = None
 
     @classmethod
     def start(cls, model: torch.nn.Module, config: Any) -> Steering | None:
@@ -190,32 +212,56 @@ class Steering:
 
     def forward(self, runner: Any, run: Callable[..., Any], input_ids: Any = None, positions: Any = None,
                 *args: Any, **kwargs: Any) -> Any:
-        """Run the model's pass with each scheduled request steered on its own rows."""
-        ids = list(runner.input_batch.req_ids)
-        if not ids or positions is None:
+        """Run the model's pass with each scheduled request steered on its own rows.
+
+        A request's writes and prompt length never change, so the pass's requests (in row order) decide which
+        are steered, and with the rows' bounds they decide the layout: a decode step of an unchanged batch costs
+        two tuple comparisons and its context."""
+        ids = tuple(runner.input_batch.req_ids)
+        if ids != self._batch:
+            self._new_batch(ids, runner.requests)
+        if positions is None or not self._steered:
+            self.release()
             return run(input_ids, positions, *args, **kwargs)
-        starts = runner.query_start_loc.cpu[: len(ids) + 1].tolist()
-        scheduled = []
-        for i, request_id in enumerate(ids):
-            state = runner.requests[request_id]
-            writes = self.writes_of(request_id, state.sampling_params)
-            scheduled.append(Scheduled(starts[i], starts[i + 1], int(state.num_prompt_tokens), writes))
-        if len(self._writes) > 2 * len(runner.requests) + 64:  # forget finished requests
-            self._writes = {k: v for k, v in self._writes.items() if k in runner.requests}
-        if not any(s.writes for s in scheduled):
+        bounds = (int(positions.shape[0]), tuple(runner.query_start_loc.cpu[: len(ids) + 1].tolist()))
+        if bounds != self._bounds or self._tap is None:
+            self._steer(bounds, positions.device)
+        assert self._frame is not None
+        self._tap.context = step_context(positions, self._frame)
+        try:
             return run(input_ids, positions, *args, **kwargs)
-        n_rows = int(positions.shape[0])
-        layout = (n_rows, tuple((id(s.writes) if s.writes else 0, s.start, s.stop, s.prompt_len) for s in scheduled))
-        if layout != self._layout:  # decode steps of an unchanged batch reuse the frame and the writes
-            self._layout = layout
-            self._held = [s.writes for s in scheduled]  # alive while their ids key the layout
-            self._frame = row_frame(n_rows, scheduled)
-            self._step = step_writes(scheduled, n_rows, self.layers)
-        ctx = step_context(positions, scheduled, self._frame)
-        writes, residuals = self._step
-        with tap(self.blocks, write=writes, read={k: r.capture for k, r in residuals.items()}) as state:
-            state.context = ctx
-            return run(input_ids, positions, *args, **kwargs)
+        except BaseException:
+            self.release()
+            raise
+
+    def _new_batch(self, ids: tuple[str, ...], states: Mapping[str, Any]) -> None:
+        """Look up the writes and prompt lengths of a batch's requests; its hooks go on at its first pass."""
+        self.release()
+        self._batch = ids
+        self._batch_writes = [self.writes_of(request_id, states[request_id].sampling_params) for request_id in ids]
+        self._prompt_lens = [int(states[request_id].num_prompt_tokens) for request_id in ids]
+        self._steered = any(self._batch_writes)
+        if len(self._writes) > 2 * len(states) + 64:  # forget finished requests
+            self._writes = {k: v for k, v in self._writes.items() if k in states}
+
+    def _steer(self, bounds: tuple[int, tuple[int, ...]], device: torch.device) -> None:
+        """Put on the hooks of the batch on these rows (the previous ones come off first)."""
+        self.release()
+        n_rows, starts = bounds
+        scheduled = [Scheduled(starts[i], starts[i + 1], p, w)
+                     for i, (p, w) in enumerate(zip(self._prompt_lens, self._batch_writes, strict=True))]
+        step, hidden = step_writes(scheduled, n_rows, self.layers)
+        hooks = contextlib.ExitStack()
+        self._tap = hooks.enter_context(tap(self.blocks, write=step, read={k: h.capture for k, h in hidden.items()}))
+        self._hooks = hooks
+        self._frame = frame_on(row_frame(n_rows, scheduled), device)
+        self._bounds = bounds
+
+    def release(self) -> None:
+        """Take the hooks off the blocks (nothing to do when they are off)."""
+        if self._hooks is not None:
+            hooks, self._hooks, self._tap, self._bounds = self._hooks, None, None, None
+            hooks.close()
 
 
 def request_writes(registry: VectorRegistry, steer: Any) -> Mapping[str, Sequence[Intervention]] | None:
