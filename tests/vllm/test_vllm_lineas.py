@@ -4,10 +4,8 @@ float32, one process): the plugin applies a map (not an `Add`) to the residual s
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from actkit.steer import combine, load_vector, save_vector, steering_writes
 from actkit.steer.lineas import LinEAS
 
 from lineas_helpers import save_toy_lineas
+from vllm_helpers import greedy, toy_engine
 
 _spec = importlib.util.find_spec("vllm")
 if _spec is None or _spec.origin is None:  # the main venv: this folder is a namespace package named vllm
@@ -56,28 +55,12 @@ def folder(tmp_path_factory: pytest.TempPathFactory, vector_dir: Path, toy: tupl
 
 @pytest.fixture(scope="module")
 def llm(folder: Path) -> Iterator[Any]:
-    from actkit.models.packaged import builtin_folder
-    from actkit.vllm import plugin
-    from vllm import LLM
-
-    os.environ[plugin.VECTORS_ENV] = str(folder)
-    engine = LLM(model=str(builtin_folder("toy-dense")), dtype="float32", enforce_eager=True, max_model_len=256,
-                 enable_prefix_caching=False, max_num_batched_tokens=BUDGET, max_num_seqs=16, seed=0)
-    yield engine
-    del engine
-    gc.collect()
+    with toy_engine(folder, BUDGET) as engine:
+        yield engine
 
 
 def run(llm: Any, tokenizer: Any, prompts: list[str], steers: list[Any]) -> list[list[int]]:
-    """Greedy tokens of each prompt under its steering (JSON text or None), the EOS vLLM keeps removed."""
-    from vllm import SamplingParams
-
-    params = [SamplingParams(max_tokens=NEW, temperature=0.0, extra_args={"steer": s} if s is not None else None)
-              for s in steers]
-    outs = llm.generate([{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in prompts], params,
-                        use_tqdm=False)
-    eos = tokenizer.eos_token_id
-    return [[t for t in o.outputs[0].token_ids if t != eos] for o in outs]
+    return greedy(llm, tokenizer, prompts, steers, NEW)
 
 
 def test_lineas_in_a_mixed_batch_equals_actkit_generate(llm: Any, toy: tuple[Any, Any], folder: Path) -> None:

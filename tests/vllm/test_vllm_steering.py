@@ -7,9 +7,7 @@ happened, and that each request still gets exactly what it gets alone and what a
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +17,12 @@ import pytest
 import torch
 
 import actkit
-from actkit.models.packaged import builtin_folder
 from actkit.serve.steering import VectorRegistry, build_writes, parse_steer
 from actkit.steer import load_vector, steering_writes
 from actkit.vllm import plugin
 from actkit.vllm._rows import Scheduled
+
+from vllm_helpers import greedy, toy_engine
 
 #: Tokens per pass at most: prompts longer than this are prefilled in chunks.
 BUDGET = 16
@@ -50,27 +49,12 @@ def toy() -> tuple[Any, Any]:
 
 @pytest.fixture(scope="module")
 def llm(vector_dir: Path) -> Iterator[Any]:
-    """toy-dense in vLLM (eager, no prefix caching, the plugin on with `vector_dir`)."""
-    from vllm import LLM
-
-    os.environ[plugin.VECTORS_ENV] = str(vector_dir)
-    engine = LLM(model=str(builtin_folder("toy-dense")), dtype="float32", enforce_eager=True, max_model_len=256,
-                 enable_prefix_caching=False, max_num_batched_tokens=BUDGET, max_num_seqs=16, seed=0)
-    yield engine
-    del engine
-    gc.collect()
+    with toy_engine(vector_dir, BUDGET) as engine:
+        yield engine
 
 
 def run(llm: Any, tokenizer: Any, prompts: list[str], steers: list[Any]) -> list[list[int]]:
-    """Greedy tokens of each prompt under its steering (JSON text or None), the EOS vLLM keeps removed."""
-    from vllm import SamplingParams
-
-    params = [SamplingParams(max_tokens=NEW, temperature=0.0, extra_args={"steer": s} if s is not None else None)
-              for s in steers]
-    outs = llm.generate([{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in prompts], params,
-                        use_tqdm=False)
-    eos = tokenizer.eos_token_id
-    return [[t for t in o.outputs[0].token_ids if t != eos] for o in outs]
+    return greedy(llm, tokenizer, prompts, steers, NEW)
 
 
 def reference(toy: tuple[Any, Any], prompt: str, writes: Any) -> list[int]:
