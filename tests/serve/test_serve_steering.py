@@ -20,6 +20,7 @@ from actkit.serve.steering import (
     AblateItem,
     SteerItem,
     VectorRegistry,
+    WritesCache,
     build_writes,
     parse_preset,
     parse_steer,
@@ -108,6 +109,24 @@ def test_unknown_vectors_and_layers_are_400s(registry: VectorRegistry) -> None:
     assert "sentiment" in error.message  # says what exists
     refused(lambda: build_writes(registry, [SteerItem(vector="../sentiment")]), "steer.0.vector")
     refused(lambda: build_writes(registry, [SteerItem(vector="sentiment", layers=[0])]), "steer.0")
+
+
+def test_the_cache_builds_each_list_once_keeps_a_bounded_number_and_not_failures(registry: VectorRegistry) -> None:
+    cache = WritesCache(registry, size=2)
+    a = [SteerItem(vector="sentiment", coef=0.8, relative=True)]
+    first = cache.get(a)
+    again = cache.get([SteerItem(vector="sentiment", coef=0.8, relative=True)])  # an equal list, parsed anew
+    assert again is first
+    built = build_writes(registry, a)
+    assert first is not None and built is not None and first.keys() == built.keys()
+    assert all(float(x.coef) == float(y.coef) and torch.equal(x.vector, y.vector)
+               for site in built for x, y in zip(first[site], built[site], strict=True))
+    assert cache.get([SteerItem(vector="sentiment", coef=0.9, relative=True)]) is not first  # another coefficient
+    assert cache.get([AblateItem(ablate="sentiment")]) is not None  # a third list: the oldest (a) goes
+    assert cache.get(a) is not first
+    refused(lambda: cache.get([SteerItem(vector="nope")]), "steer.0.vector")
+    refused(lambda: cache.get([SteerItem(vector="nope")]), "steer.0.vector")  # not kept: refused again
+    assert cache.get([]) is None
 
 
 def test_presets(registry: VectorRegistry) -> None:

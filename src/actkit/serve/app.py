@@ -28,7 +28,7 @@ from actkit.serve.schema import APIError, ChatRequest, CompletionRequest, valida
 from actkit.serve.steering import (
     DEFAULT_PRESET_COEF,
     VectorRegistry,
-    build_writes,
+    WritesCache,
     parse_preset,
     parse_steer,
 )
@@ -181,6 +181,7 @@ class Server:
         self.engine = engine
         self.tokenizer = tokenizer
         self.registry = registry
+        self.writes = WritesCache(registry)
         self.probes = probes or ProbeRegistry()
         self.guard = guard
         self.model_name = model_name
@@ -201,7 +202,7 @@ class Server:
             self.registry.get(preset.vector, "model")
             items.append(preset)
         items += parse_steer(body.steer, body.vllm_xargs)
-        return body.model, build_writes(self.registry, items)
+        return body.model, self.writes.get(items)
 
     def reading(self, body: CompletionRequest | ChatRequest) -> dict[str, Any]:
         """The request's `GenerationRequest` fields for monitoring and the guard."""

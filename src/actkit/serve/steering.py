@@ -253,6 +253,32 @@ def build_writes(registry: VectorRegistry, items: Sequence[SteerItem | AblateIte
     return combine(*parts)
 
 
+class WritesCache:
+    """The writes of each distinct steering list, built once and shared by every request that sends that list.
+
+    Interventions are never changed by the passes that use them, so sharing them is safe; building them runs small
+    torch operations (finite checks, norms) that, on a server whose engine thread holds the interpreter lock most
+    of the time, each wait for it: a repeated request (a preset, a client's fixed payload) skips all of that.
+    At most `size` lists are kept (the oldest goes first); a list that fails to build is not kept.
+    """
+
+    def __init__(self, registry: VectorRegistry, size: int = 1024) -> None:
+        self.registry = registry
+        self.size = size
+        self._kept: dict[tuple[str, ...], dict[str, list[Intervention]] | None] = {}
+
+    def get(self, items: Sequence[SteerItem | AblateItem], param: str = "steer"
+            ) -> dict[str, list[Intervention]] | None:
+        """`build_writes` of `items`, from the cache when the same list was built before."""
+        key = tuple(f"{type(item).__name__}{item.model_dump_json()}" for item in items)
+        if key not in self._kept:
+            built = build_writes(self.registry, items, param)
+            if len(self._kept) >= self.size:
+                del self._kept[next(iter(self._kept))]
+            self._kept[key] = built
+        return self._kept[key]
+
+
 def _lineas_writes(maps: LinEAS, item: SteerItem | AblateItem, where: str) -> dict[str, Intervention]:
     """A LinEAS item's writes: the maps at `item.coef` strength, at its layers and positions (as ``actkit
     generate --vector MAPS --coef C`` builds them); ablation and relative coefficients are 400s."""
@@ -286,4 +312,4 @@ def parse_preset(model: str, names: Sequence[str]) -> tuple[str, SteerItem | Non
 
 
 __all__ = ["DEFAULT_PRESET_COEF", "MAX_COEF", "MAX_ITEMS", "NAME", "AblateItem", "Registered", "SteerItem",
-           "VectorRegistry", "build_writes", "check_coef", "parse_preset", "parse_steer"]
+           "VectorRegistry", "WritesCache", "build_writes", "check_coef", "parse_preset", "parse_steer"]
