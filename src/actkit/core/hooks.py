@@ -10,6 +10,7 @@ touched; writes return new tensors, so the same code serves inference and autogr
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -171,10 +172,21 @@ def _reference(inputs: dict[str, Any]) -> torch.Tensor | None:
 
 
 def _parameter_names(module: nn.Module) -> list[str]:
+    forward = getattr(module.forward, "__func__", module.forward)
     try:
-        return [p for p in inspect.signature(module.forward).parameters if p not in ("self", "args", "kwargs")]
+        return list(_remembered_names(forward))  # `inspect.signature` is slow, and every `tap` asks
+    except TypeError:  # a forward that cannot be a dictionary key
+        return list(_names_of(forward))
+
+
+def _names_of(function: Callable[..., Any]) -> tuple[str, ...]:
+    try:
+        return tuple(p for p in inspect.signature(function).parameters if p not in ("self", "args", "kwargs"))
     except (TypeError, ValueError):
-        return []
+        return ()
+
+
+_remembered_names = functools.lru_cache(maxsize=256)(_names_of)
 
 
 @dataclass

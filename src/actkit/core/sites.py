@@ -16,6 +16,7 @@ behave the same way.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from actkit.errors import ActkitError
@@ -76,7 +77,11 @@ class Site:
         """Parse ``"resid_post.12"`` or ``"module:PATH:input"`` into a `Site`; a clear `ActkitError` on bad input."""
         if isinstance(text, Site):
             return text
-        raw_text = str(text).strip()
+        return _parse_text(str(text))
+
+    @classmethod
+    def _from_text(cls, text: str) -> Site:
+        raw_text = text.strip()
         if raw_text.startswith(MODULE + ":"):
             return _parse_module(raw_text)
         parts = raw_text.split(".")
@@ -95,6 +100,13 @@ class Site:
         if any(i < 0 for i in idx):
             raise ActkitError(f"site {text!r}: indices must be non-negative")
         return cls(kind, idx[0] if idx else None, idx[1] if len(idx) > 1 else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> Site:
+    """`Site.parse` of a string, remembered: a site is immutable, and a server parses the same few names for every
+    request it steers."""
+    return Site._from_text(text)
 
 
 def _parse_module(text: str) -> Site:

@@ -698,7 +698,8 @@ class Engine:
         reads = _prompt_reads(row)
         with torch.inference_mode():
             if writes or reads:
-                with tap(self.model, write=writes, read=reads):
+                with tap(self.model, write=writes, read=reads) as state:
+                    state.expect(_prompt_context(inputs["position_ids"]))
                     out = self.model(**inputs)
             else:
                 out = self.model(**inputs)
@@ -848,6 +849,13 @@ class Engine:
         start = int(torch.nonzero(mask.sum(0)).min())
         self._cache = DynamicCache([(k[index, :, start:], v[index, :, start:]) for k, v in _layers(self._cache)])
         self._mask = mask[:, start:]
+
+
+def _prompt_context(positions: torch.Tensor) -> StepContext:
+    """The context of a prefill of one prompt at `positions` (1, T): every token real, all of them prompt."""
+    length = positions.shape[1]
+    rows = torch.zeros(1, dtype=torch.long, device=positions.device)
+    return StepContext(positions, torch.ones_like(positions, dtype=torch.bool), rows + length, rows, rows)
 
 
 class _Held:
