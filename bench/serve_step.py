@@ -3,8 +3,8 @@
 A batch of 8 rows of builtin:toy-dense decodes one token per step from a KV cache, as `actkit.serve.engine.Engine`
 does it, three ways: unsteered; each steered row's `Add` restricted to its row with `OnRows` (the engine's first
 design, one write per row per step); and the engine's folded add (`_batch_writes`: one add of a (rows, d) vector
-with per-row coefficients and position spans), with each step's context given by the engine (`_Held.expect`)
-rather than worked out from the inputs, as the engine does. Every row but the last is steered with its own
+with per-row coefficients and position spans), with each step's context and mask given by the engine
+(`_Held.expect`) rather than worked out from the inputs, as the engine does. Every row but the last is steered with its own
 coefficient. One torch thread, CPU time of this process, median over interleaved rounds.
 
     python bench/serve_step.py [--rounds 7] [--steps 60]
@@ -22,7 +22,7 @@ import torch
 from actkit import Add, load
 from actkit.core.hooks import tap
 from actkit.core.interventions import OnRows
-from actkit.serve.engine import GenerationRequest, Stream, _batch_writes, _Held, _Row
+from actkit.serve.engine import GenerationRequest, Stream, _batch_writes, _Fold, _Held, _Row
 
 ROWS, PROMPT, SITE = 8, 12, "resid_post.1"
 
@@ -55,13 +55,14 @@ def step_ms(model: Any, way: str, vector: torch.Tensor, steps: int) -> float:
         hooks = writes(way, vector)
         lengths = torch.full((ROWS,), PROMPT)
         with tap(model, write=hooks, prompt_lengths=lengths) if hooks else _nothing() as state:
-            held = _Held(state, lengths) if way == "fold" else None
+            spans = [w.spans for w in (hooks or {}).get(SITE, []) if isinstance(w, _Fold)]
+            held = _Held(state, lengths, spans) if way == "fold" else None
             start = time.process_time()
             for k in range(steps):
                 mask = torch.cat([mask, torch.ones(ROWS, 1, dtype=torch.long)], dim=1)
                 positions = torch.full((ROWS, 1), PROMPT + k)
                 if held is not None:
-                    held.expect(positions)
+                    held.expect(positions, [PROMPT + k] * ROWS)
                 out = model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=1)
                 cache = out.past_key_values

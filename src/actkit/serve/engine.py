@@ -259,11 +259,32 @@ _SPANS: dict[type[Positions], Callable[[Positions, int], tuple[int, int]]] = {
 
 
 class _Spans(Positions):
-    """Per row, the tokens at absolute positions in [lo, hi): the rows' rules of a folded add in one comparison."""
+    """Per row, the tokens at absolute positions in [lo, hi): the rows' rules of a folded add in one comparison.
 
-    def __init__(self, lo: torch.Tensor, hi: torch.Tensor):
-        self.lo = lo[:, None]
-        self.hi = hi[:, None]
+    In a decode step the engine knows each row's one position, so it tells the spans first (`step`): the step's
+    mask is then worked out in Python and kept while it does not change (in decode it rarely does), instead of
+    four tensor operations per step.
+    """
+
+    def __init__(self, bounds: list[tuple[int, int]], device: torch.device):
+        both = torch.tensor(bounds, dtype=torch.long, device=device).reshape(-1, 2)
+        self.bounds = bounds
+        self.lo, self.hi = both[:, :1], both[:, 1:]
+        self.current: torch.Tensor | None = None  # the mask of the decode step about to run
+        self._kept: tuple[tuple[bool, ...], torch.Tensor] | None = None
+
+    def step(self, positions: list[int]) -> None:
+        """The next pass is a decode step whose row r feeds its token at `positions[r]`."""
+        key = tuple(lo <= p < hi for p, (lo, hi) in zip(positions, self.bounds, strict=True))
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, torch.tensor(key, device=self.lo.device)[:, None])
+        self.current = self._kept[1]
+
+    def mask(self, ctx: StepContext) -> torch.Tensor:
+        current, self.current = self.current, None
+        if current is not None and ctx.positions.shape == current.shape:  # the step `step` described
+            return current
+        return super().mask(ctx)
 
     def select(self, ctx: StepContext) -> torch.Tensor:
         return (ctx.positions >= self.lo) & (ctx.positions < self.hi)
@@ -276,8 +297,10 @@ class _Fold(Add):
 
     def __init__(self, vector: torch.Tensor, coef: torch.Tensor, spans: _Spans, rows: list[_Row]):
         super().__init__(vector, coef, spans)
+        self.spans = spans
         self.rows = rows
         self.delta = coef[:, None] * vector  # (B, d): each row's coef * vector, as its own Add computes it
+        self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # a decode step's mask, and delta * mask
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         try:
@@ -285,6 +308,10 @@ class _Fold(Add):
             if x.dim() != 3 or x.dtype != delta.dtype or x.device != delta.device or x.shape[0] != delta.shape[0] \
                     or x.shape[-1] != delta.shape[-1]:
                 return super().__call__(x, mask, ctx)  # the general path (and its errors)
+            if x.shape[1] == 1 and mask.shape == (x.shape[0], 1):  # a decode step: one add
+                if self._step is None or self._step[0] is not mask:
+                    self._step = (mask, (delta * mask)[:, None, :])  # delta where selected, else 0: x + 0 is x
+                return x + self._step[1]
             return torch.where(mask[..., None], x + delta[:, None, :], x)  # no step-by-step broadcasting rules
         except Exception as error:
             for row in self.rows:
@@ -347,15 +374,14 @@ def _batch_writes(rows: list[_Row], dtype: torch.dtype, device: torch.device) ->
         for rank in range(max((len(adds) for _, adds in folded), default=0)):
             members = [(i, adds[rank]) for i, adds in folded if len(adds) > rank]
             index = torch.tensor([i for i, _ in members], device=device)
-            spans = torch.tensor([_SPANS[type(p)](p, rows[i].prompt_len) for i, (_, _, p) in members],
-                                 device=device)
             vector = torch.zeros(len(rows), members[0][1][0].shape[0], dtype=dtype, device=device)
             vector[index] = torch.stack([v.to(device) for _, (v, _, _) in members]).to(dtype)
             coef = torch.zeros(len(rows), dtype=dtype, device=device)
             coef[index] = torch.tensor([float(c) for _, (_, c, _) in members], dtype=dtype, device=device)
-            bounds = torch.zeros(len(rows), 2, dtype=torch.long, device=device)  # [0, 0): no token
-            bounds[index] = spans
-            out.append(_Fold(vector, coef, _Spans(bounds[:, 0], bounds[:, 1]), [rows[i] for i, _ in members]))
+            bounds = [(0, 0)] * len(rows)  # [0, 0): no token
+            for i, (_, _, p) in members:
+                bounds[i] = _SPANS[type(p)](p, rows[i].prompt_len)
+            out.append(_Fold(vector, coef, _Spans(bounds, device), [rows[i] for i, _ in members]))
     return writes
 
 
@@ -728,14 +754,15 @@ class Engine:
         assert self._cache is not None and self._mask is not None
         ones = torch.ones(len(rows), 1, dtype=self._mask.dtype, device=self._device)
         mask = torch.cat([self._mask, ones], dim=1)
+        positions = [r.prompt_len + r.generated - 1 for r in rows]
         inputs: dict[str, Any] = {
             "input_ids": torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self._device),
             "attention_mask": mask,
-            "position_ids": torch.tensor([[r.prompt_len + r.generated - 1] for r in rows], device=self._device),
+            "position_ids": torch.tensor(positions, device=self._device)[:, None],
             self._cache_arg: self._cache, "use_cache": True}
         if self._keep_last:
             inputs["logits_to_keep"] = 1
-        out = self._forward(rows, inputs)
+        out = self._forward(rows, inputs, positions)
         self._mask = mask
         done = []
         for i, row in enumerate(rows):
@@ -746,14 +773,15 @@ class Engine:
         ended = self._sample([rows[i] for i in live], out.logits[live, -1])
         self._release(sorted(done + [live[j] for j in ended]))
 
-    def _forward(self, rows: list[_Row], inputs: dict[str, Any]) -> Any:
-        """One decode step of the batch `rows`, each row's writes and reads restricted to it. The batch's hooks
-        stay registered from step to step while its rows stay the same, and the step's context (each token's
-        position, each row's prompt length) comes from what the engine knows, not from the inputs."""
+    def _forward(self, rows: list[_Row], inputs: dict[str, Any], positions: list[int]) -> Any:
+        """One decode step of the batch `rows` (row r feeding its token at `positions[r]`), each row's writes and
+        reads restricted to it. The batch's hooks stay registered from step to step while its rows stay the same,
+        and the step's context (each token's position, each row's prompt length) comes from what the engine
+        knows, not from the inputs."""
         if any(row.writes or row.request.monitor for row in rows):
             self._hold_writes(rows)
             assert self._held is not None
-            self._held.expect(inputs["position_ids"])
+            self._held.expect(inputs["position_ids"], positions)
         else:
             self._close_writes()
         with torch.inference_mode():
@@ -766,9 +794,11 @@ class Engine:
             return
         self._close_writes()
         lengths = torch.tensor([r.prompt_len for r in rows], device=self._device)
-        state = self._hooks.enter_context(tap(self.model, write=_batch_writes(rows, self._dtype, self._device),
-                                              read=_batch_reads(rows), prompt_lengths=lengths))
-        self._held = _Held(state, lengths)
+        writes = _batch_writes(rows, self._dtype, self._device)
+        state = self._hooks.enter_context(tap(self.model, write=writes, read=_batch_reads(rows),
+                                              prompt_lengths=lengths))
+        spans = [w.spans for values in writes.values() for w in values if isinstance(w, _Fold)]
+        self._held = _Held(state, lengths, spans)
         self._writes_rows = list(rows)
 
     def _close_writes(self) -> None:
@@ -860,18 +890,21 @@ def _prompt_context(positions: torch.Tensor) -> StepContext:
 
 class _Held:
     """The tap of a batch's hooks, with the parts of a decode step's `StepContext` that stay the same while the
-    batch's rows do: every token real, the prompt lengths, the row numbers."""
+    batch's rows do (every token real, the prompt lengths, the row numbers) and the spans of its folded adds."""
 
-    def __init__(self, state: Tap, lengths: torch.Tensor):
+    def __init__(self, state: Tap, lengths: torch.Tensor, spans: list[_Spans]):
         self.state = state
         self.lengths = lengths
+        self.spans = spans
         self.rows = torch.arange(lengths.shape[0], device=lengths.device)
         self.offsets = torch.zeros_like(self.rows)
         self.valid = torch.ones(lengths.shape[0], 1, dtype=torch.bool, device=lengths.device)
 
-    def expect(self, positions: torch.Tensor) -> None:
-        """The context of a decode step whose tokens are at `positions` (B, 1)."""
+    def expect(self, positions: torch.Tensor, known: list[int]) -> None:
+        """The context of a decode step whose tokens are at `positions` (B, 1), which are `known` (B,)."""
         self.state.expect(StepContext(positions, self.valid, self.lengths, self.rows, self.offsets))
+        for spans in self.spans:
+            spans.step(known)
 
 
 def _cache_of(output: Any) -> Any:
