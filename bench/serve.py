@@ -12,7 +12,8 @@ process (what serving cost it, whatever else the machine ran), and two ratios me
 - batched against one-at-a-time throughput: the mixed load at concurrency 8 against concurrency 1 (target: >= 3x).
 
 Both come from interleaved rounds (every round runs each of the four loads once, so drift and other processes hit
-all alike), median of ``--repeats`` rounds. Throughput is generated tokens per second. Every request generates
+all alike; odd rounds run them in reverse order, so that no load always comes first or after the same one), median
+of ``--repeats`` rounds. Throughput is generated tokens per second. Every request generates
 its 32 tokens: were they to end at EOS, steered text (which ends elsewhere than unsteered text) would change the
 tokens per request, so the prefill's share, and the ratio would measure that too (``--until-eos`` does it anyway).
 A round of ``--ratio-requests`` requests keeps the tail of the last batch small.
@@ -245,8 +246,9 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> bool:
         loads = {("unsteered", 8): args.ratio_requests, ("steered", 8): args.ratio_requests,
                  ("mixed", 8): args.ratio_requests, ("mixed", 1): max(1, args.ratio_requests // 4)}
         rounds: dict[tuple[str, int], list[Level]] = {key: [] for key in loads}
-        for _ in range(args.repeats):  # interleaved: every round runs each load once
-            for (kind, concurrency), n in loads.items():
+        for round_ in range(args.repeats):  # interleaved: every round runs each load once, odd rounds backwards
+            order = list(loads.items())  # (so no load always runs first, or always right after another)
+            for (kind, concurrency), n in order if round_ % 2 == 0 else order[::-1]:
                 bodies = payloads(model_id, setup.coef, kind, n, args.max_tokens, args.until_eos)
                 rounds[kind, concurrency].append(run_level(client, server.base, bodies, concurrency, args.seconds,
                                                            pid))
