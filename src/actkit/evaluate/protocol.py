@@ -63,7 +63,7 @@ DEFAULT_METHODS = (*STEERING_METHODS, "prompt", "random")
 METHODS = (*DEFAULT_METHODS, "lineas")
 #: LinEAS strengths tried on the development prompts (``x + s * (T(x) - x)``; 1 is the map as trained): maps
 #: trained briefly overshoot on some models and undershoot on others (docs/steering.md), so both sides of 1.
-LINEAS_STRENGTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
+LINEAS_STRENGTHS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 #: LinEAS training settings unless `evaluate_steering` is given others (`actkit.steer.train_lineas` options).
 LINEAS_TRAINING: dict[str, Any] = {"steps": 50, "lr": 0.01}
 #: Relative factors tried on the development prompts (fractions of the mean residual norm at the layer).
