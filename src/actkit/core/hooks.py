@@ -93,7 +93,7 @@ class Tap:
         """Use `context` for the next forward pass instead of working it out from the pass's inputs.
 
         For a caller that knows every token's position already (a serving engine's decode step): it saves the
-        dozen small tensor operations per pass that dominate the cost of steering a small model. It applies to the
+        dozen small tensor operations per pass that were most of the cost of steering a small model. It applies to the
         next pass only, and only if its shape is that pass's (batch, tokens); otherwise the pass works out its own.
         """
         self._expected = context
