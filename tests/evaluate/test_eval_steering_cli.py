@@ -84,6 +84,31 @@ def test_vector_tune_writes_its_choice_and_generate_uses_it(files, tmp_path):
     assert explicit["coef"] == 3.0 and explicit["relative"] is False
 
 
+def test_eval_steering_runs_adaptive_methods_and_a_vector_file(files, tmp_path):
+    from actkit.models import load
+    from actkit.steer import SteeringVector, save_vector
+    from actkit.steer.vectors import model_metadata
+
+    model, _ = load(str(files["model"]))
+    own = tmp_path / "own.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_vector(SteeringVector({2: torch.randn(64, generator=g)},
+                               metadata={**model_metadata(model), "mean_norms": {"2": 2.0}}), own)
+    out = tmp_path / "report"
+    result = invoke(*_args(files, out, "--methods", "dynamic,backtrack", "--vector", f"mine={own}", "--json"))
+    assert result.exit_code == 0, result.output
+    methods = {m["method"]: m for m in json.loads(result.stdout)["methods"]}
+    assert set(methods) == {"dynamic", "backtrack", "mine"}
+    assert methods["mine"]["layer"] == 2 and methods["dynamic"]["test"]["perplexity"] is None
+    report = (out / "report.md").read_text()
+    assert "no perplexity, no likelihood margin" in report and "| mine |" in report
+    cases = [(f"mean-diff={own}", "the name 'mean-diff' is taken"), (str(own), "give NAME=FILE"),
+             (f"x={tmp_path / 'none.safetensors'}", "is not a file")]
+    for spec, needle in cases:
+        assert_bad_input(invoke(*_args(files, tmp_path / "never", "--vector", spec)), needle)
+    assert not (tmp_path / "never").exists()
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

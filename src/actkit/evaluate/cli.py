@@ -182,6 +182,25 @@ def _floats(text: str, option: str) -> list[float]:
     return values
 
 
+def _vector_files(specs: list[str]) -> dict[str, Path]:
+    """``NAME=FILE`` options as name -> path, checked before any model loads."""
+    from actkit.evaluate.protocol import METHODS
+
+    files: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise ActkitError(f"--vector {spec!r}: give NAME=FILE, e.g. --vector feature198=sae198.safetensors")
+        if name in METHODS or name in files:
+            raise ActkitError(f"--vector {spec!r}: the name {name!r} is taken (built-in methods: "
+                              f"{', '.join(METHODS)}); choose another")
+        if not Path(path).is_file():
+            raise ActkitError(f"--vector {spec!r}: {path!r} is not a file; give a vector file (.safetensors)")
+        files[name] = Path(path)
+    return files
+
+
 def _evaluation_inputs(pairs: str, prompts: str, layers: str, factors: str, judge: str) -> dict[str, Any]:
     """Read and check everything a steering evaluation needs, before any model runs."""
     from actkit.evaluate.judges import check_judge
@@ -228,8 +247,13 @@ def steering_command(
                                       "evaluation.png.")],
     model: ModelOption = DEFAULT_MODEL,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: mean-diff, pca-diff, probe, "
-                                         "actadd, prompt, random, lineas (LinEAS maps at every block, trained on the pairs: slower).")
+                                         "actadd, prompt, random; on request lineas (LinEAS maps at every block, "
+                                         "trained on the pairs), dynamic (dynamic composition of mean-diff) and "
+                                         "backtrack (mean-diff after a probe fires, FASB): slower.")
                    ] = "mean-diff,pca-diff,probe,actadd,prompt,random",
+    vector: Annotated[list[str] | None, typer.Option("--vector", help="NAME=FILE: a vector file of your own as "
+                                                     "one more method (e.g. from actkit sae vector), tried at its "
+                                                     "blocks and every factor; repeat for more.")] = None,
     layers: Annotated[str, typer.Option("--layers", "-l", help="Candidate blocks: 'auto' (four depths and the "
                                         "layer select_layers ranks first) or indices such as 3,5.")] = "auto",
     factors: Annotated[str, typer.Option("--factors", help="Relative factors tried on the development prompts "
@@ -265,6 +289,7 @@ def steering_command(
     from actkit.io import check_writable
     from actkit.report.evaluation import REPORT_FILES, write_evaluation_report
     from actkit.report.steering import environment
+    from actkit.steer import load_vector
 
     with bad_input():
         chosen = check_methods([m.strip() for m in methods.split(",") if m.strip()])
@@ -274,12 +299,14 @@ def steering_command(
             raise ActkitError(f"--kl-budget must be a positive number of nats per token (got {kl_budget})")
         inputs = _evaluation_inputs(pairs, prompts, layers, factors, judge)
         what = _concept(pairs, concept, instruction, rule, judge)
+        files = _vector_files(vector or [])
         check_writable(out, REPORT_FILES, overwrite=force)
         loaded, tokenizer, kwargs = _run_evaluation(
             model, inputs, judge, judge_model, dtype, device, as_json, seed=seed, dev_fraction=dev_fraction,
             kl_budget=kl_budget, max_new_tokens=max_new_tokens, read_position=read_position, batch_size=batch_size)
+        own = {name: load_vector(path, loaded) for name, path in files.items()}
         result = evaluate_steering(loaded, tokenizer, inputs["pairs"], inputs["prompts"], what, methods=chosen,
-                                   **kwargs)
+                                   vectors=own, **kwargs)
         result = {"model": model, "pairs_source": pairs, "prompts_source": prompts, **result,
                   "environment": environment()}
         write_evaluation_report(result, out, overwrite=force)
@@ -292,9 +319,10 @@ def steering_command(
     for m in result["methods"]:
         t = m["test"]
         win = "-" if m["win_rate_vs_prompt"] is None else f"{m['win_rate_vs_prompt']:.2f}"
+        ppl = "-" if t["perplexity"] is None else f"{t['perplexity']:.2f}"
         console.print(Text(f"{m['rank']}. {m['method']:<9} layer {m['layer']} factor {m['factor']}: harmonic "
                            f"{t['harmonic']:.3f} (concept {t['concept']:.2f}, instruction {t['instruction']:.2f}, "
-                           f"fluency {t['fluency']:.2f}), KL {t['kl']:.3f}, perplexity {t['perplexity']:.2f}, "
+                           f"fluency {t['fluency']:.2f}), KL {t['kl']:.3f}, perplexity {ppl}, "
                            f"win vs prompt {win}"), highlight=False)
     console.print(Text(f"wrote {out}/report.md, results.json and the plot; select_layers ranks layer "
                        f"{result['select_layers']['first']} first"), highlight=False)

@@ -32,6 +32,9 @@ from actkit.steer.pairs import Pair, as_pairs
 
 #: A scored row: the context's token ids and the continuation's token ids.
 Row = tuple[list[int], list[int]]
+#: The intervention of a teacher-forced pass: one for every row, or a function of the batch's row indices giving
+#: the writes for those rows in that order (a method that steered each row its own way while generating).
+Writes = Mapping[str, Any] | Callable[[list[int]], Mapping[str, Any]] | None
 
 
 def encode(tokenizer: Any, context: str, continuation: str) -> Row:
@@ -54,7 +57,7 @@ def _batches(rows: Sequence[Row], batch_size: int) -> Iterator[list[tuple[int, R
 def continuation_log_softmax(
     model: Any,
     rows: Sequence[Row],
-    writes: Mapping[str, Any] | None = None,
+    writes: Writes = None,
     *,
     batch_size: int = 8,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -63,7 +66,7 @@ def continuation_log_softmax(
     Arguments:
         model: a causal language model.
         rows: (context ids, continuation ids); every context holds at least one token.
-        writes: the intervention applied at every token (None: the plain model).
+        writes: the intervention applied at every token (None: the plain model), or per batch (`Writes`).
         batch_size: rows per forward pass.
 
     Yields:
@@ -90,7 +93,8 @@ def continuation_log_softmax(
             full = ctx + cont
             ids[r, :len(full)] = torch.tensor(full, dtype=torch.long)
             mask[r, :len(full)] = 1
-        with torch.inference_mode(), (tap(model, write=writes) if writes else nullcontext()):
+        chosen = writes([i for i, _ in batch]) if callable(writes) else writes
+        with torch.inference_mode(), (tap(model, write=chosen) if chosen else nullcontext()):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for r, (i, (ctx, cont)) in enumerate(batch):
             start = len(ctx)
@@ -155,8 +159,8 @@ def likelihood_margins(
             "accuracy": sum(m > 0 for m in margins) / len(margins)}
 
 
-def kl_on_continuations(model: Any, base_rows: Sequence[Row], rows: Sequence[Row],
-                        writes: Mapping[str, Any] | None = None, *, batch_size: int = 8) -> float:
+def kl_on_continuations(model: Any, base_rows: Sequence[Row], rows: Sequence[Row], writes: Writes = None, *,
+                        batch_size: int = 8) -> float:
     """Mean per-token ``KL(base || method)`` over continuation tokens, in nats.
 
     Arguments:
@@ -164,7 +168,7 @@ def kl_on_continuations(model: Any, base_rows: Sequence[Row], rows: Sequence[Row
         base_rows: (context, continuation) as the unsteered model sees them.
         rows: the same continuations as the method sees them (its own context: the prompting baseline adds an
             instruction); each must have the same continuation ids as its base row.
-        writes: the method's intervention (None: none).
+        writes: the method's intervention (None: none), or per batch (`Writes`).
         batch_size: rows per forward pass.
 
     Returns:
@@ -183,5 +187,5 @@ def kl_on_continuations(model: Any, base_rows: Sequence[Row], rows: Sequence[Row
     return total / count if count else 0.0
 
 
-__all__ = ["Row", "continuation_log_softmax", "continuation_logprobs", "encode", "kl_on_continuations",
+__all__ = ["Row", "Writes", "continuation_log_softmax", "continuation_logprobs", "encode", "kl_on_continuations",
            "likelihood_margins", "split_pair"]

@@ -9,7 +9,11 @@ scored on another; Pres et al. ask for likelihood scores beside generation score
    training pair); ``random``, a random direction with the norm of the mean-diff vector at each layer; and
    ``prompt``, the prompting baseline (the concept's instruction written before each prompt). On request,
    ``lineas``: LinEAS maps at every block, trained on the training pairs (negatives as source, positives as
-   target), their strength chosen from `LINEAS_STRENGTHS` (they have no single layer).
+   target), their strength chosen from `LINEAS_STRENGTHS` (they have no single layer); ``dynamic`` and
+   ``backtrack``: the mean-diff vector steered by dynamic composition or by backtracking on a probe
+   (`actkit.evaluate.adaptive`: their KL is measured with writes that replay each row as it was generated; they
+   have no perplexity or likelihood margin). Vectors of the caller's own (files: SAE features, other tools) are
+   methods too, named by the caller, tried at their own blocks.
 3. **Choice on development prompts**: every steering method is tried at every (layer, factor) of the grid
    (factors are relative: fractions of the mean residual norm at the layer, the same strength whatever the
    method), its greedy continuations judged (`actkit.evaluate.judges`); the setting with the highest mean
@@ -41,6 +45,7 @@ from actkit.core.collect import context_length
 from actkit.core.generate import generate
 from actkit.core.layers import resolve_layers
 from actkit.errors import ActkitError
+from actkit.evaluate.adaptive import ADAPTIVE_METHODS, probe_threshold, run_adaptive
 from actkit.evaluate.judges import Concept, Criteria, Judge, check_judge, make_judge
 from actkit.evaluate.likelihood import (
     Row,
@@ -54,13 +59,14 @@ from actkit.steer.directions import train_vector
 from actkit.steer.layers import select_layers
 from actkit.steer.lineas import LinEAS, train_from_pairs
 from actkit.steer.pairs import Pair, as_pairs
-from actkit.steer.vectors import SteeringVector, restrict_layers, steering_writes
+from actkit.steer.vectors import SteeringVector, check_fits, restrict_layers, steering_writes
 
 STEERING_METHODS = ("mean-diff", "pca-diff", "probe", "actadd")
 #: What `evaluate_steering` runs unless told otherwise.
 DEFAULT_METHODS = (*STEERING_METHODS, "prompt", "random")
-#: Every method it accepts: LinEAS trains through the model (minutes on SmolLM2), so only on request.
-METHODS = (*DEFAULT_METHODS, "lineas")
+#: Every method it accepts. Only on request: LinEAS trains through the model (minutes on SmolLM2); dynamic
+#: composition and backtracking run their own decode loop (2-3 times a fixed vector's passes).
+METHODS = (*DEFAULT_METHODS, "lineas", *ADAPTIVE_METHODS)
 #: LinEAS strengths tried on the development prompts (``x + s * (T(x) - x)``; 1 is the map as trained): maps
 #: trained briefly overshoot on some models and undershoot on others (docs/steering.md), so both sides of 1.
 LINEAS_STRENGTHS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -143,6 +149,19 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+def check_given(model: nn.Module, vectors: Mapping[str, SteeringVector]) -> dict[str, SteeringVector]:
+    """The caller's own vectors, checked: names that are not built-in methods, vectors that fit the model."""
+    for name, vector in vectors.items():
+        if not name or name in METHODS:
+            raise ActkitError(f"a vector of your own needs a name that is not a built-in method; got {name!r} "
+                              f"(built-in: {', '.join(METHODS)})")
+        if not isinstance(vector, SteeringVector):
+            raise ActkitError(f"vector {name!r} is a {type(vector).__name__}, not a SteeringVector; load files "
+                              "with actkit.steer.load_vector")
+        check_fits(vector, model, source=f"vector {name!r}")
+    return dict(vectors)
+
+
 class _Run:
     """What every method of one evaluation shares: model, splits, unsteered continuations, the judge."""
 
@@ -160,6 +179,8 @@ class _Run:
         self.base = {split: self.generate(p, None, None) for split, p in self.prompts.items()}
         self.judge: Judge | None = None
         self.vectors: dict[str, SteeringVector] = {}
+        self.thresholds: dict[int, float] = {}
+        self.given: set[str] = set()  # names of the caller's own vectors (methods tried at their own blocks)
 
     def context(self, prompt: str, instruction: str | None) -> str:
         return f"{instruction}\n\n{prompt}" if instruction else prompt
@@ -200,6 +221,23 @@ class _Run:
                            for p, (_, cont) in zip(prompts, base_rows, strict=True)]
         kl = kl_on_continuations(self.model, base_rows, rows, writes, batch_size=self.batch_size)
         return {**summary(scores), "kl": kl, "scores": scores, "completions": completions}
+
+    def measure_adaptive(self, split: str, method: str, layers: list[int], layer: int, factor: float
+                         ) -> dict[str, Any]:
+        """Generate with an adaptive method (the mean-diff vector at `layer`), judge, and measure the KL."""
+        assert self.judge is not None
+        prompts = self.prompts[split]
+        vector = restrict_layers(self.vector("mean-diff", layers), [layer])
+        if method == "backtrack" and layer not in self.thresholds:
+            self.thresholds[layer] = probe_threshold(self.model, self.tokenizer, self.train, vector, layer,
+                                                     batch_size=self.batch_size)
+        decoded = run_adaptive(method, self.model, self.tokenizer, prompts, vector, factor,
+                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                               threshold=self.thresholds.get(layer))
+        scores = self.judge.score(prompts, decoded.completions)
+        rows: list[Row] = list(zip(decoded.contexts, decoded.ids, strict=True))
+        kl = kl_on_continuations(self.model, rows, rows, decoded.replay, batch_size=self.batch_size)
+        return {**summary(scores), "kl": kl, **decoded.stats, "scores": scores, "completions": decoded.completions}
 
     def perplexity(self, writes: Any, instruction: str | None) -> float:
         rows = []
@@ -269,6 +307,7 @@ def evaluate_steering(
     api_key: str | None = None,
     log: Callable[[str], None] | None = None,
     lineas: Mapping[str, Any] | None = None,
+    vectors: Mapping[str, SteeringVector] | None = None,
 ) -> dict[str, Any]:
     """Evaluate steering methods against prompting, each tuned on development prompts and scored on test ones.
 
@@ -295,6 +334,8 @@ def evaluate_steering(
         log: called with a line of progress now and then.
         lineas: training options of the ``lineas`` method (`actkit.steer.train_lineas` keywords; default
             `LINEAS_TRAINING`).
+        vectors: more methods: name -> a vector of the caller's (an SAE feature's decoder row from ``actkit sae
+            vector``, a file from another tool), tried at each of its blocks and every factor, after `methods`.
 
     Returns:
         A JSON-ready dict: ``split``, ``grid``, ``select_layers``, ``judge``, ``unsteered`` and ``methods`` (one dict
@@ -306,7 +347,7 @@ def evaluate_steering(
                      judge=judge, reference=reference, seed=seed, dev_fraction=dev_fraction,
                      test_pair_fraction=test_pair_fraction, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      read_position=read_position, kl_budget=kl_budget, embedder=embedder, judge_model=judge_model,
-                     api_key=api_key, log=log, lineas=lineas)[0]
+                     api_key=api_key, log=log, lineas=lineas, vectors=vectors)[0]
 
 
 def _evaluate(
@@ -334,10 +375,12 @@ def _evaluate(
     api_key: str | None = None,
     log: Callable[[str], None] | None = None,
     lineas: Mapping[str, Any] | None = None,
+    vectors: Mapping[str, SteeringVector] | None = None,
 ) -> tuple[dict[str, Any], _Run]:
     """`evaluate_steering`, also returning the run (its vectors, for `tune_vector`)."""
     start = time.monotonic()
     chosen_methods = check_methods(methods)
+    given = check_given(model, vectors or {})
     check_judge(judge)
     if not factors or any(not math.isfinite(f) or f <= 0 for f in factors):
         raise ActkitError(f"factors must be positive finite numbers, got {list(factors)}")
@@ -355,10 +398,12 @@ def _evaluate(
     run = _Run(model, tokenizer, concept, train, [items[i] for i in test_idx], dev_prompts, test_prompts,
                list(reference) if reference is not None else test_prompts, max_new_tokens, batch_size,
                read_position, say, lineas)
+    run.vectors.update(given)
+    run.given = set(given)
     run.judge = make_judge(judge, concept, model=model, tokenizer=tokenizer, pairs=train, prompts=dev_prompts,
                            unsteered=run.base["dev"], embedder=embedder, judge_model=judge_model, api_key=api_key)
     unsteered = run.measure("test", None, None)
-    results = [_method(run, m, grid_layers, factors, kl_budget) for m in chosen_methods]
+    results = [_method(run, m, grid_layers, factors, kl_budget) for m in [*chosen_methods, *given]]
     base_scores = unsteered.pop("scores")
     unsteered_result = {"test": {**unsteered, "perplexity": run.perplexity(None, None)},
                         "likelihood": likelihood_margins(model, tokenizer, run.test_pairs, batch_size=batch_size)}
@@ -394,38 +439,62 @@ def _writes(vector: SteeringVector, layer: int, factor: float) -> Any:
 def _method(run: _Run, method: str, layers: list[int], factors: Sequence[float],
             kl_budget: float | None) -> dict[str, Any]:
     """One method: its development grid, the chosen setting, and its test scores."""
-    records: list[dict[str, Any]] = []
+    instruction = run.concept.instruction if method == "prompt" else None
+    fixed = method not in ("prompt", *ADAPTIVE_METHODS)  # one intervention per setting
+    vector: SteeringVector | None = None
+    grid: list[tuple[int | None, float | None]]
     if method == "prompt":
-        found = run.measure("dev", None, run.concept.instruction)
-        records.append({"layer": None, "factor": None, **_public(found)})
+        grid = [(None, None)]
     elif method == "lineas":
-        for strength in LINEAS_STRENGTHS:
-            found = run.measure("dev", run.lineas().to_intervention(strength), None)
-            records.append({"layer": None, "factor": strength, **_public(found)})
+        grid = [(None, s) for s in LINEAS_STRENGTHS]
+    elif method in ADAPTIVE_METHODS:
+        grid = [(layer, float(f)) for layer in layers for f in factors]
     else:
-        vector = run.vector(method, layers)
-        for layer in layers:
-            for factor in factors:
-                found = run.measure("dev", _writes(vector, layer, factor), None)
-                records.append({"layer": layer, "factor": float(factor), **_public(found)})
+        vector = run.vectors[method] if method in run.given else run.vector(method, layers)
+        grid = [(layer, float(f)) for layer in (vector.layers if method in run.given else layers) for f in factors]
+
+    def writes(layer: int | None, factor: float | None) -> Any:
+        if not fixed:
+            return None
+        assert factor is not None
+        if vector is None:
+            return run.lineas().to_intervention(factor)
+        assert layer is not None
+        return _writes(vector, layer, factor)
+
+    def trial(split: str, layer: int | None, factor: float | None) -> dict[str, Any]:
+        if method in ADAPTIVE_METHODS:
+            assert layer is not None and factor is not None
+            return run.measure_adaptive(split, method, layers, layer, factor)
+        return run.measure(split, writes(layer, factor), instruction)
+
+    records: list[dict[str, Any]] = []
+    for i, (layer, factor) in enumerate(grid):
+        records.append({"layer": layer, "factor": factor, **_public(trial("dev", layer, factor))})
+        if layer is not None and (i + 1 == len(grid) or grid[i + 1][0] != layer):
             run.log(f"{method} at layer {layer}: best dev harmonic "
                     f"{max(r['harmonic'] for r in records if r['layer'] == layer):.3f}")
     best = choose(records, kl_budget)
-    instruction = run.concept.instruction if method == "prompt" else None
-    writes = (None if method == "prompt" else run.lineas().to_intervention(best["factor"]) if method == "lineas"
-              else _writes(run.vectors[method], best["layer"], best["factor"]))
-    test = run.measure("test", writes, instruction)
-    test["perplexity"] = run.perplexity(writes, instruction)
-    context = (lambda text: run.context(text, run.concept.instruction)) if method == "prompt" else None
-    likelihood = likelihood_margins(run.model, run.tokenizer, run.test_pairs, writes, context=context,
-                                    batch_size=run.batch_size)
+    test = trial("test", best["layer"], best["factor"])
+    likelihood: dict[str, Any] | None = None
+    if method not in ADAPTIVE_METHODS:
+        chosen = writes(best["layer"], best["factor"])
+        test["perplexity"] = run.perplexity(chosen, instruction)
+        context = (lambda text: run.context(text, run.concept.instruction)) if method == "prompt" else None
+        likelihood = likelihood_margins(run.model, run.tokenizer, run.test_pairs, chosen, context=context,
+                                        batch_size=run.batch_size)
+    else:  # no fixed intervention to score fixed texts with (actkit.evaluate.adaptive)
+        test["perplexity"] = None
     run.log(f"{method}: layer {best['layer']}, factor {best['factor']}: test harmonic {test['harmonic']:.3f}")
     scores = test.pop("scores")
     completions = test.pop("completions")
     examples = [{"prompt": p, "unsteered": b, "steered": c} for p, b, c in
                 zip(run.prompts["test"], run.base["test"], completions, strict=True)]
-    return {"method": method, "layer": best["layer"], "factor": best["factor"], "test": test,
-            "likelihood": likelihood, "dev": records, "examples": examples, "_scores": scores}
+    out = {"method": method, "layer": best["layer"], "factor": best["factor"], "test": test,
+           "likelihood": likelihood, "dev": records, "examples": examples, "_scores": scores}
+    if method == "backtrack":
+        out["threshold"] = run.thresholds[best["layer"]]
+    return out
 
 
 def _public(found: dict[str, Any]) -> dict[str, Any]:
@@ -502,6 +571,7 @@ def tuned_settings(metadata: dict[str, Any]) -> tuple[float, bool] | None:
     return float(coef), relative
 
 
-__all__ = ["AUTO_DEPTHS", "DEFAULT_FACTORS", "DEFAULT_METHODS", "LINEAS_STRENGTHS", "METHODS", "STEERING_METHODS", "candidate_layers", "check_methods",
+__all__ = ["AUTO_DEPTHS", "DEFAULT_FACTORS", "DEFAULT_METHODS", "LINEAS_STRENGTHS", "METHODS", "STEERING_METHODS",
+           "candidate_layers", "check_given", "check_methods",
            "choose", "evaluate_steering", "read_prompts", "split_indices", "summary", "tune_vector",
            "tuned_settings", "win_rate"]

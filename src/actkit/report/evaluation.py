@@ -55,8 +55,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         t = m["test"]
         lines.append(f"| {m['rank']} | {m['method']} | {_num(m['layer'])} | {_num(m['factor'], 2)} | "
                      f"{t['concept']:.2f} | {t['instruction']:.2f} | {t['fluency']:.2f} | {t['harmonic']:.3f} | "
-                     f"{_num(m['win_rate_vs_prompt'], 2)} | {t['kl']:.3f} | {t['perplexity']:.2f} | "
-                     f"{m['likelihood']['mean']:.3f} |")
+                     f"{_num(m['win_rate_vs_prompt'], 2)} | {t['kl']:.3f} | {_num(t['perplexity'], 2)} | "
+                     f"{_num(m['likelihood'] and m['likelihood']['mean'])} |")
     base = result["unsteered"]
     t = base["test"]
     lines += [f"| - | (unsteered) | - | - | {t['concept']:.2f} | {t['instruction']:.2f} | {t['fluency']:.2f} | "
@@ -64,15 +64,15 @@ def render_markdown(result: dict[str, Any]) -> str:
     for m in result["methods"]:
         if m["method"] == "prompt":
             continue
+        layers = sorted({r["layer"] for r in m["dev"]}, key=lambda x: -1 if x is None else x)
+        factors = sorted({r["factor"] for r in m["dev"]})
         lines += [f"## {m['method']}: development grid (harmonic score, KL)", "",
-                  "| layer | " + " | ".join(f"{f:g}" for f in grid["factors"]) + " |",
-                  "| ---: |" + " ---: |" * len(grid["factors"])]
-        for layer in grid["layers"]:
-            cells = [next((r for r in m["dev"] if r["layer"] == layer and r["factor"] == f), None)
-                     for f in grid["factors"]]
-            lines.append(f"| {layer} | " + " | ".join("-" if r is None else f"{r['harmonic']:.2f} ({r['kl']:.2f})"
-                                                        for r in cells) + " |")
-        lines.append("")
+                  "| layer | " + " | ".join(f"{f:g}" for f in factors) + " |", "| ---: |" + " ---: |" * len(factors)]
+        for layer in layers:
+            cells = [next((r for r in m["dev"] if r["layer"] == layer and r["factor"] == f), None) for f in factors]
+            lines.append(f"| {_num(layer)} | " + " | ".join("-" if r is None else f"{r['harmonic']:.2f} ({r['kl']:.2f})"
+                                                              for r in cells) + " |")
+        lines += ["", *_adaptive_note(m)]
     lines += ["## Test continuations", ""]
     for m in result["methods"]:
         lines += [f"### {m['method']}", "", "| prompt | unsteered | with the method |", "| --- | --- | --- |"]
@@ -83,6 +83,20 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"actkit {env.get('actkit')}, torch {env.get('torch')}, {env.get('threads')} threads; "
                      f"{result.get('seconds', 0):.0f} s.")
     return "\n".join(lines)
+
+
+def _adaptive_note(method: dict[str, Any]) -> list[str]:
+    """What an adaptive method did on the test prompts (`actkit.evaluate.adaptive`), and why two columns are empty."""
+    t = method["test"]
+    if "mean_coef" in t:
+        did = f"the coefficient applied averaged {t['mean_coef']:.3f} (the factor is its largest, alpha_max)"
+    elif "rows_backtracked" in t:
+        did = (f"{t['rows_backtracked']:.0%} of the rows backtracked (probe threshold {method['threshold']:.3f}), "
+               f"{t['steered_tokens']:.0%} of the generated tokens were steered")
+    else:
+        return []
+    return [f"On the test prompts {did}. It steers each row by what it generates, so it has no fixed intervention "
+            "to score reference texts or pairs with: no perplexity, no likelihood margin.", ""]
 
 
 def _plot(result: dict[str, Any], path: Path) -> bool:

@@ -24,7 +24,7 @@ threshold, takes back the last k tokens and regenerates them with steering on. H
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -33,6 +33,7 @@ from torch import nn
 
 from actkit.core.decode import Step, decode_ids
 from actkit.core.hooks import Read
+from actkit.core.interventions import Intervention
 from actkit.core.positions import Positions, StepContext
 from actkit.core.sites import Site
 from actkit.errors import ActkitError
@@ -197,6 +198,33 @@ class BacktrackResult:
     backtracks: list[int]
     events: list[list[tuple[int, int]]] = field(default_factory=list)
     strengths: list[list[float]] = field(default_factory=list)
+    #: per row, the first position steered (the last kept token of its first backtrack), or None
+    starts: list[int | None] = field(default_factory=list)
+
+
+def replay_writes(result: BacktrackResult, vector: SteeringVector, *, relative: bool = False,
+                  layers: list[int] | None = None) -> Callable[[Sequence[int]], dict[str, Intervention]]:
+    """The writes that replay a backtracked generation over prompt + kept tokens in one teacher-forced pass.
+
+    Each row is steered from its `starts` position on at the strength of its backtrack (rows that never crossed are
+    not steered): the distributions its kept tokens were chosen from. Exact with ``strength="fixed"``, and with
+    ``"confidence"`` when a row backtracked once (a later crossing sets a new strength for every steered token).
+
+    Arguments:
+        result: what `backtrack_generate` returned.
+        vector, relative, layers: as given to it.
+
+    Returns:
+        A function ``rows -> writes`` for a batch holding those rows (indices into the result), in that order.
+    """
+    steered = restrict_layers(vector, layers)
+
+    def writes(rows: Sequence[int]) -> dict[str, Intervention]:
+        starts = torch.tensor([NEVER if result.starts[r] is None else result.starts[r] for r in rows])
+        coefs = torch.tensor([result.strengths[r][-1] if result.strengths[r] else 0.0 for r in rows])
+        return steered.to_intervention(coefs, positions=FromPerRow(starts), relative=relative)
+
+    return writes
 
 
 def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], probe: ProbeLike,
@@ -227,8 +255,9 @@ def backtrack_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
                      max_new_tokens=max_new_tokens, chat=chat, do_sample=do_sample, temperature=temperature,
                      seed=seed)
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-    return BacktrackResult(texts, ids, watch.backtracks, watch.events, watch.strengths)
+    starts = [None if int(s) == NEVER else int(s) for s in watch.starts]
+    return BacktrackResult(texts, ids, watch.backtracks, watch.events, watch.strengths, starts)
 
 
 __all__ = ["BacktrackResult", "Backtracking", "FromPerRow", "ProbeLike", "VectorProbe", "backtrack_generate",
-           "vector_probe"]
+           "replay_writes", "vector_probe"]

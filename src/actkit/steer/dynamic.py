@@ -16,12 +16,14 @@ next token steers up to ``alpha_max``. The KL direction and the truncation follo
 averages the divergence over the kept tokens, the paper's formula (used here) does not. Steering starts at the last
 prompt token, as theirs does. Each step costs 2 + (number of vectors) forward passes of one token.
 
-Built on `actkit.core.decode`: one batched, KV-cached loop; every quantity is per row.
+Built on `actkit.core.decode`: one batched, KV-cached loop; every quantity is per row. `replay_writes` gives the
+interventions that reproduce a finished generation in one teacher-forced pass (each token at the coefficients it
+was generated with), so its cost can be measured like a fixed vector's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from actkit.core.decode import Step, decode_ids
-from actkit.core.interventions import Intervention
+from actkit.core.interventions import Add, Intervention, check_finite, per_row
 from actkit.core.positions import Positions, StepContext
 from actkit.errors import ActkitError
 from actkit.steer.interventions import combine
@@ -120,6 +122,66 @@ class DynamicComposition:
                 self.kls[r].append([float(k) for k in kls[:, r]])
 
 
+class AddByPosition(Intervention):
+    """Add ``table[row, position] * vector``: per-row, per-position coefficients, for replaying a generation.
+
+    Arguments:
+        vector: (d,) the direction, already scaled as the generation added it.
+        table: (B, L) the coefficient of each row at each absolute position; positions past L get 0.
+    """
+
+    def __init__(self, vector: torch.Tensor, table: torch.Tensor):
+        super().__init__()
+        check_finite(table, "coefficient table")
+        self.vector, self.table = vector, table
+
+    def edit(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        table = self.table.to(device=x.device, dtype=x.dtype)
+        if table.shape[0] != x.shape[0]:
+            raise ActkitError(f"the coefficient table has {table.shape[0]} rows but the batch has {x.shape[0]}")
+        width = table.shape[1]
+        inside = (ctx.positions >= 0) & (ctx.positions < width)
+        coef = table.gather(1, ctx.positions.clamp(0, width - 1)) * inside
+        return x + coef[..., None] * per_row(self.vector, x, "vector")
+
+
+def replay_writes(vectors: Sequence[SteeringVector], alphas: Sequence[Sequence[Sequence[float]]],
+                  prompt_lengths: Sequence[int], *, relative: bool = False, layers: list[int] | None = None
+                  ) -> Callable[[Sequence[int]], Mapping[str, list[Intervention]]]:
+    """The writes that replay a dynamic generation over prompt + generated tokens in one teacher-forced pass.
+
+    The token fed at step t sits at position ``prompt_length - 1 + t`` and was run with ``alphas[row][t]``; so
+    adding those coefficients there reproduces the distributions the tokens were chosen from (the KV cache held
+    the same activations). Earlier prompt tokens are not steered, as in the generation.
+
+    Arguments:
+        vectors, relative, layers: as given to `dynamic_generate`.
+        alphas: `DynamicResult.alphas`: per row, per generated token, one coefficient per vector.
+        prompt_lengths: each row's prompt tokens.
+
+    Returns:
+        A function ``rows -> writes`` for a batch holding those rows (indices into `alphas`), in that order.
+    """
+    if len(alphas) != len(prompt_lengths):
+        raise ActkitError(f"{len(alphas)} rows of coefficients but {len(prompt_lengths)} prompt lengths")
+    scaled = [restrict_layers(v, layers).to_intervention(1.0, relative=relative) for v in vectors]
+
+    def writes(rows: Sequence[int]) -> Mapping[str, list[Intervention]]:
+        width = max(prompt_lengths[r] + len(alphas[r]) for r in rows)
+        parts: list[dict[str, Intervention]] = []
+        for i, adds in enumerate(scaled):
+            table = torch.zeros(len(rows), width)
+            for j, r in enumerate(rows):
+                start = prompt_lengths[r] - 1
+                for t, coefs in enumerate(alphas[r]):
+                    table[j, start + t] = coefs[i]
+            parts.append({site: AddByPosition(add.vector, table) for site, add in adds.items()
+                          if isinstance(add, Add)})
+        return combine(*parts)
+
+    return writes
+
+
 @dataclass
 class DynamicResult:
     """What `dynamic_generate` returns: the texts, their token ids, and each row's coefficients per step."""
@@ -161,4 +223,5 @@ def dynamic_generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], v
     return DynamicResult(texts, ids, alphas, kls)
 
 
-__all__ = ["DynamicComposition", "DynamicResult", "FromLastPrompt", "dynamic_generate", "nucleus", "truncated_kl"]
+__all__ = ["AddByPosition", "DynamicComposition", "DynamicResult", "FromLastPrompt", "dynamic_generate", "nucleus",
+           "replay_writes", "truncated_kl"]
