@@ -6,7 +6,8 @@ table: every method's test scores, its win rate against prompting, the chosen la
 `select_layers` ranks first. Bounded: --max-new-tokens, a factor grid of --factors and the ``auto`` layer grid.
 
     python bench/eval_steering.py [--runs toy-sentiment:rules toy-refusal:rules smol-sentiment:rules ...]
-                                  [--methods mean-diff,pca-diff,probe,actadd,prompt,random[,lineas]]
+                                  [--methods mean-diff,pca-diff,probe,actadd,prompt,random[,lineas,dynamic,...]]
+                                  [--vector NAME=FILE ...] [--sae SAE_FOLDER]
                                   [--lineas-steps 50] [--lineas-lr 0.01]
                                   [--factors 0.1 0.2 0.4 0.8] [--depths 0.25 0.4 0.55 0.7]
                                   [--max-new-tokens 16] [--out /tmp/actkit-eval] [--table]
@@ -26,7 +27,14 @@ import actkit
 from actkit.builtin.corpus import eval_set
 from actkit.demo.steering import SENTIMENT_PROMPTS, TOPIC_PROMPTS, reference_texts
 from actkit.evaluate.judges import Concept, Embedder
-from actkit.evaluate.protocol import AUTO_DEPTHS, DEFAULT_METHODS, LINEAS_TRAINING, evaluate_steering
+from actkit.evaluate.protocol import (
+    AUTO_DEPTHS,
+    DEFAULT_METHODS,
+    LINEAS_TRAINING,
+    evaluate_steering,
+    split_indices,
+)
+from actkit.steer import load_vector
 from actkit.steer.pairs import Pair, pairs_path, read_pairs
 
 SMOL = "smollm2-135m-instruct"
@@ -99,6 +107,21 @@ EXPERIMENTS: dict[str, tuple[str, Any, Any, Concept, str]] = {
 }
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def adaptive(method: dict[str, Any]) -> str:
+    """What an adaptive method did on the test prompts ('' for the others)."""
+    t = method["test"]
+    if "mean_coef" in t:
+        return f"mean coefficient applied {t['mean_coef']:.3f} (alpha_max {method['factor']})"
+    if "rows_backtracked" in t:
+        return (f"threshold {method['threshold']:.3f}: {t['rows_backtracked']:.0%} of rows backtracked, "
+                f"{t['steered_tokens']:.0%} of generated tokens steered")
+    return ""
+
+
 def table(folder: Path) -> str:
     """Markdown tables of every finished run in `folder` (what docs/evaluate.md shows)."""
     lines = []
@@ -118,18 +141,47 @@ def table(folder: Path) -> str:
             layer = "-" if m["layer"] is None else f"{m['layer']}" + (" (= first)" if m["layer"] == first else "")
             lines.append(f"| {m['method']} | {layer} | {m['factor'] or '-'} | {t['concept']:.2f} | "
                          f"{t['instruction']:.2f} | {t['fluency']:.2f} | {t['harmonic']:.3f} | {win} | "
-                         f"{t['kl']:.3f} | {t['perplexity']:.2f} | {m['likelihood']['mean']:.2f} |")
+                         f"{t['kl']:.3f} | {_num(t['perplexity'])} | {_num(m['likelihood'] and m['likelihood']['mean'])} |")
         u = r["unsteered"]
         lines += [f"| (unsteered) | - | - | {u['test']['concept']:.2f} | {u['test']['instruction']:.2f} | "
                   f"{u['test']['fluency']:.2f} | {u['test']['harmonic']:.3f} | - | 0 | "
                   f"{u['test']['perplexity']:.2f} | {u['likelihood']['mean']:.2f} |", ""]
+        lines += [f"- {m['method']}: {adaptive(m)}" for m in r["methods"] if adaptive(m)] + [""]
     return "\n".join(lines)
+
+
+def sae_methods(model: Any, tokenizer: Any, folder: str, items: list[Pair], read_position: str,
+                candidates: int = 8) -> dict[str, Any]:
+    """Two SAE features as methods: ``sae-diff``, the feature whose activation rises most from the negative to the
+    positive training pairs (the usual, input-side choice), and ``sae-output``, the one of the top `candidates`
+    with the highest output score (Arad et al.'s filter). The harness's own training split of the pairs."""
+    from actkit.sae import feature_vector, load_sae
+    from actkit.sae._scores import logit_lens_tokens, output_scores
+    from actkit.steer.directions import read_activations
+
+    sae = load_sae(folder, model)
+    layer = int(sae.site.rsplit(".", 1)[1])
+    train_idx, _ = split_indices(len(items), 0.7, 0, "pairs", ("training", "test"))  # as evaluate_steering's
+    train = [items[i] for i in train_idx]
+    acts = [read_activations(model, tokenizer, texts, [layer], read_position=read_position)[0][layer].float()
+            for texts in ([p.positive for p in train], [p.negative for p in train])]
+    diff = (sae.encode(acts[0]) - sae.encode(acts[1])).mean(0)
+    top = diff.topk(candidates).indices.tolist()
+    scores = output_scores(model, tokenizer, sae, logit_lens_tokens(model, sae), features=top)
+    best = top[int(scores.argmax())]
+    print(f"  SAE candidates {top}, output scores {[round(float(v), 3) for v in scores]}: sae-diff {top[0]}, "
+          f"sae-output {best}", flush=True)
+    return {"sae-diff": feature_vector(sae, top[0]), "sae-output": feature_vector(sae, best)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["toy-sentiment:rules", "toy-refusal:rules"])
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="Comma-separated (lineas too).")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="Comma-separated (lineas, dynamic, backtrack too).")
+    parser.add_argument("--sae", help="An SAE folder of the model: its top features as methods (sae_methods).")
+    parser.add_argument("--vector", nargs="*", default=[], metavar="NAME=FILE",
+                        help="Vector files of one's own as more methods (e.g. SAE features: actkit sae vector).")
     parser.add_argument("--lineas-steps", type=int, default=LINEAS_TRAINING["steps"])
     parser.add_argument("--lineas-lr", type=float, default=LINEAS_TRAINING["lr"])
     parser.add_argument("--factors", nargs="+", type=float, default=[0.1, 0.2, 0.4, 0.8])
@@ -156,12 +208,15 @@ def main() -> None:
             embedder = Embedder(*actkit.load("minilm-l6"))
         model, tokenizer = models[spec]
         items = read_pairs(pairs_path(pairs)) if isinstance(pairs, str) else pairs
+        own = {n: load_vector(f, model) for n, f in (item.split("=", 1) for item in args.vector)}
+        if args.sae:
+            own.update(sae_methods(model, tokenizer, args.sae, items, read_position))
         start = time.monotonic()
         result = evaluate_steering(model, tokenizer, items, prompts(), concept, methods=args.methods.split(","),
                                    factors=args.factors, depths=args.depths, judge=judge, embedder=embedder,
                                    reference=reference_texts(spec, 16), max_new_tokens=args.max_new_tokens,
                                    read_position=read_position, log=lambda line: print("  " + line, flush=True),
-                                   lineas={"steps": args.lineas_steps, "lr": args.lineas_lr})
+                                   lineas={"steps": args.lineas_steps, "lr": args.lineas_lr}, vectors=own)
         result.update(model=spec, run=run, threads=torch.get_num_threads(), torch=torch.__version__,
                       wall_seconds=time.monotonic() - start)
         (out / f"{name}.{judge}{args.tag}.json").write_text(json.dumps(result, indent=1))
@@ -171,7 +226,8 @@ def main() -> None:
             win = "-" if m["win_rate_vs_prompt"] is None else f"{m['win_rate_vs_prompt']:.2f}"
             print(f"  {m['method']:<9} L{m['layer']} f{m['factor']}: concept {t['concept']:.2f} instr "
                   f"{t['instruction']:.2f} fluency {t['fluency']:.2f} harmonic {t['harmonic']:.3f} win {win} "
-                  f"KL {t['kl']:.3f} ppl {t['perplexity']:.2f} margin {m['likelihood']['mean']:.3f}", flush=True)
+                  f"KL {t['kl']:.3f} ppl {_num(t['perplexity'])} margin "
+                  f"{_num(m['likelihood'] and m['likelihood']['mean'])} {adaptive(m)}", flush=True)
 
 
 if __name__ == "__main__":
