@@ -12,7 +12,8 @@
   factor chosen on development prompts, scored on test prompts, against prompting and a random direction),
   `tune_vector` (``actkit vector tune``), `split_indices`, `read_prompts`; judges (`judges`): `make_judge`
   (``rules``, ``embed``, ``openai:URL``), `Concept`, `Criteria`, `harmonic`, `parse_scores`, `Embedder`;
-  likelihood scores (`likelihood`): `likelihood_margins` (Pres et al.), `continuation_logprobs`.
+  likelihood scores (`likelihood`): `likelihood_margins` (Pres et al.), `continuation_logprobs`; methods that
+  steer while they decode (`adaptive`: dynamic composition, backtracking), measured by replaying each row.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ continuations, as for every other method.
 - ``backtrack``: FASB (Gan, Cheng et al., 2025): the mean-difference direction's projection at the same block is
   watched on every generated token; when the mean score of the tokens kept so far falls below the threshold, the
   row's last `BACKTRACK_K` tokens are regenerated with the vector added at the grid's factor (once per row). The
-  threshold is half-way between the mean projections of the positive and of the negative training texts, over all
-  their tokens (the probe watches generated text, not a prompt's last token).
+  threshold is half-way between the mean projections of the positive and of the negative training texts, over
+  every token but the first (the probe watches generated text, not a prompt's last token; a first token's massive
+  activation, as in SmolLM2, would set the threshold alone).
 
 Perplexity on reference texts and likelihood margins score fixed texts under a fixed intervention. These methods
 have none (how much they steer depends on the text they generate), so the harness reports None for both.
@@ -65,12 +66,12 @@ class Decoded:
 def probe_threshold(model: nn.Module, tokenizer: Any, pairs: Sequence[Pair], vector: SteeringVector, layer: int, *,
                     batch_size: int = 16) -> float:
     """Half-way between the mean projections of the pairs' positive and negative texts on `vector`'s direction
-    at `layer`, every token of each text counted (see the module docstring)."""
+    at `layer`, every token of each text but the first counted (see the module docstring)."""
     unit = vector.directions[layer].double()
     unit = unit / unit.norm()
     means = []
     for texts in ([p.positive for p in pairs], [p.negative for p in pairs]):
-        acts, _ = read_activations(model, tokenizer, texts, [layer], site=vector.site, read_position="all",
+        acts, _ = read_activations(model, tokenizer, texts, [layer], site=vector.site, read_position="from:1",
                                    batch_size=batch_size)
         means.append(float((acts[layer] @ unit).mean()))
     return sum(means) / 2
