@@ -13,6 +13,9 @@
   `tune_vector` (``actkit vector tune``), `split_indices`, `read_prompts`; judges (`judges`): `make_judge`
   (``rules``, ``embed``, ``openai:URL``), `Concept`, `Criteria`, `harmonic`, `parse_scores`, `Embedder`;
   likelihood scores (`likelihood`): `likelihood_margins` (Pres et al.), `continuation_logprobs`.
+- The same protocol for in-context tasks (`tasks`): `evaluate_task` (function vectors, a mean-diff task vector and
+  a random direction, each tuned on dev examples, against in-context prompting; accuracy of the first answer
+  token on test examples; ``actkit eval task``).
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ from actkit.evaluate.shift import (
     steered_perplexity,
     sweep,
 )
+from actkit.evaluate.tasks import evaluate_task
 
 __all__ = ["ENGLISH", "Concept", "Criteria", "Embedder", "Lexicon", "continuation_logprobs", "evaluate_steering",
+           "evaluate_task",
            "first_word", "harmonic", "likelihood_margins", "make_judge", "parse_scores", "read_prompts",
            "split_indices", "tune_vector", "is_refusal", "kl_to_base", "mention_fraction",
            "name_mover_accuracy", "nll", "perplexity", "positive_fraction", "positive_rate", "random_control",
