@@ -193,6 +193,9 @@ def test_bad_input_names_the_problem_and_the_fix(llama, examples):
         evaluate_task(llama, tok, examples, coefs=(1.0, 0.0), shots=SHOTS)
     with pytest.raises(ActkitError, match="layer 5 does not exist; the model has 3 blocks"):
         evaluate_task(llama, tok, examples, layers=[5], shots=SHOTS)
+    with pytest.raises(ActkitError, match="mean-diff: no .layer, coef. stays within the KL budget of 1e-09 nats"):
+        evaluate_task(llama, tok, examples, methods=["mean-diff"], layers=[1], shots=SHOTS, prompts=PROMPTS,
+                      kl_budget=1e-9)
 
 
 def _task(tmp_path: Path) -> Path:

@@ -225,6 +225,11 @@ def evaluate_task(
                 for coef in coefs:
                     found_dev = scorer.measure("dev", _writes(vectors[method][layer], layer, coef))
                     records.append({"layer": layer, "coef": float(coef), **_public(found_dev)})
+            least = min(r["kl"] for r in records)
+            if kl_budget is not None and least > kl_budget:
+                raise ActkitError(f"{method}: no (layer, coef) stays within the KL budget of {kl_budget:g} nats on "
+                                  f"the dev examples (the smallest KL was {least:.4g}); raise the budget or try "
+                                  "smaller coefficients")
             best = choose(records, kl_budget, key="accuracy", strength="coef")
             test = scorer.measure("test", _writes(vectors[method][best["layer"]], best["layer"], best["coef"]))
         say(f"{method}: layer {best['layer']}, coef {best['coef']}: dev accuracy {best['accuracy']:.2f}, test "
