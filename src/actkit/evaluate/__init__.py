@@ -14,6 +14,9 @@
   (``rules``, ``embed``, ``openai:URL``), `Concept`, `Criteria`, `harmonic`, `parse_scores`, `Embedder`;
   likelihood scores (`likelihood`): `likelihood_margins` (Pres et al.), `continuation_logprobs`; methods that
   steer while they decode (`adaptive`: dynamic composition, backtracking), measured by replaying each row.
+- The same protocol for in-context tasks (`tasks`): `evaluate_task` (function vectors, a mean-diff task vector and
+  a random direction, each tuned on dev examples, against in-context prompting; accuracy of the first answer
+  token on test examples; ``actkit eval task``).
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ from actkit.evaluate.shift import (
     steered_perplexity,
     sweep,
 )
+from actkit.evaluate.tasks import evaluate_task
 
 __all__ = ["ENGLISH", "Concept", "Criteria", "Embedder", "Lexicon", "continuation_logprobs", "evaluate_steering",
+           "evaluate_task",
            "first_word", "harmonic", "likelihood_margins", "make_judge", "parse_scores", "read_prompts",
            "split_indices", "tune_vector", "is_refusal", "kl_to_base", "mention_fraction",
            "name_mover_accuracy", "nll", "perplexity", "positive_fraction", "positive_rate", "random_control",

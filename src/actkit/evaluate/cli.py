@@ -1,4 +1,4 @@
-"""``actkit eval``: evaluation commands, thin over `actkit.evaluate` (``perplexity``, ``steering``), and
+"""``actkit eval``: evaluation commands, thin over `actkit.evaluate` (``perplexity``, ``steering``, ``task``), and
 ``actkit vector tune`` (registered under the ``vector`` group by ``actkit.cli``).
 
 The conventions of ``actkit.cli`` hold: the default model is ``DEFAULT_MODEL``; ``--json`` prints JSON alone on
@@ -328,6 +328,82 @@ def steering_command(
                        f"{result['select_layers']['first']} first"), highlight=False)
 
 
+@eval_app.command("task")
+def task_command(
+    task: Annotated[str, typer.Option("--task", "-t", help="antonyms, capitals, or a JSONL file of "
+                                      "{\"input\", \"output\"} lines.")],
+    model: ModelOption = DEFAULT_MODEL,
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: function-vector, mean-diff, random, "
+                                         "prompt.")] = "function-vector,mean-diff,random,prompt",
+    layers: Annotated[str, typer.Option("--layers", "-l", help="Candidate blocks: 'auto' (n/6, n/3, n/2, 2n/3), "
+                                        "'all' or indices such as 3,5.")] = "auto",
+    coefs: Annotated[str, typer.Option("--coefs", help="Coefficients tried on the dev examples.")] = "1,2,4",
+    shots: Annotated[int, typer.Option("--shots", help="Demonstrations per in-context prompt.")] = 5,
+    prompts: Annotated[int, typer.Option("--prompts", help="In-context prompts for finding the vectors.")] = 12,
+    top: Annotated[int, typer.Option("--top", help="Heads summed into the function vector.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the splits, the prompts and the random "
+                                      "direction.")] = 0,
+    dev_fraction: Annotated[float, typer.Option("--dev-fraction", help="Share of the held-out half used for "
+                                                "dev.")] = 0.5,
+    kl_budget: Annotated[float | None, typer.Option("--kl-budget", help="Largest dev KL (nats) a chosen setting "
+                                                    "may have.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON to this file.")] = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+) -> None:
+    """Function vectors, mean-diff and a random direction against prompting on an in-context task: layer and
+    coefficient chosen on dev examples, accuracy on test examples."""
+    from actkit.core.layers import resolve_layers
+    from actkit.evaluate.tasks import TASK_METHODS, evaluate_task
+    from actkit.io import check_output_file, to_json, write_text
+    from actkit.localize.function_vectors import read_task
+    from actkit.models import load
+    from actkit.report.steering import environment
+    from actkit.steer.cli import parse_layers
+
+    with bad_input():
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in TASK_METHODS]
+        if not chosen or unknown:
+            raise ActkitError(f"--methods {methods!r}: use some of {', '.join(TASK_METHODS)}")
+        grid = _floats(coefs, "--coefs")
+        auto = layers.strip().lower() == "auto"
+        picked = None if auto else parse_layers(layers)
+        examples = read_task(task)
+        if out is not None:
+            check_output_file(out, overwrite=force)
+        loaded, tokenizer = load(model, dtype=dtype, device=device)
+        console = stderr()
+        result = evaluate_task(
+            loaded, tokenizer, examples, methods=chosen,
+            layers=None if auto else resolve_layers(loaded, picked), coefs=grid, shots=shots, prompts=prompts,
+            top=top, seed=seed, dev_fraction=dev_fraction, kl_budget=kl_budget, task=task,
+            log=(lambda line: console.print(Text(line, style="dim"), highlight=False))
+            if show_progress(as_json) else None)
+        result = {"model": model, **result, "environment": environment()}
+        if out is not None:
+            write_text(out, to_json(result) + "\n", overwrite=force)
+    if as_json:
+        typer.echo(to_json(result))
+        return
+    console = stdout()
+    split = result["split"]
+    console.print(Text(f"{task} on {model}: {split['train']} train / {split['dev']} dev / {split['test']} test "
+                       f"examples; unsteered zero-shot test accuracy {result['unsteered']['test']['accuracy']:.2f}"),
+                  highlight=False)
+    for m in result["methods"]:
+        t = m["test"]
+        win = "-" if m["win_rate_vs_prompt"] is None else f"{m['win_rate_vs_prompt']:.2f}"
+        dev = next(r for r in m["dev"] if r["layer"] == m["layer"] and r["coef"] == m["coef"])
+        console.print(Text(f"{m['method']:<15} layer {m['layer']} coef {m['coef']}: dev accuracy "
+                           f"{dev['accuracy']:.2f}, test accuracy {t['accuracy']:.2f}, answer prob "
+                           f"{t['answer_prob']:.3f}, KL {t['kl']:.3f}, win vs prompt {win}"), highlight=False)
+    if out is not None:
+        console.print(Text(f"wrote {out}"), highlight=False)
+
+
 def tune_command(
     pairs: Annotated[str, typer.Option("--pairs", "-p", help="Contrast pairs (JSONL) or builtin:NAME.")],
     prompts: Annotated[str, typer.Option("--prompts", help="Prompts: one per line, JSONL with 'prompt', or "
@@ -390,4 +466,4 @@ def tune_command(
 
 
 __all__ = ["CONCEPTS", "DEFAULT_CONTEXT", "DEFAULT_DOCUMENTS", "PROMPT_SETS", "builtin_prompts", "eval_app",
-           "perplexity_command", "steering_command", "tune_command"]
+           "perplexity_command", "steering_command", "task_command", "tune_command"]

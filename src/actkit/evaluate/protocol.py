@@ -265,15 +265,16 @@ def summary(scores: Sequence[Criteria]) -> dict[str, float]:
             "fluency": sum(s.fluency for s in scores) / n, "harmonic": sum(s.harmonic for s in scores) / n}
 
 
-def choose(records: Sequence[dict[str, Any]], kl_budget: float | None = None) -> dict[str, Any]:
-    """The development record with the highest harmonic score (ties: smaller factor, then lower layer), among
+def choose(records: Sequence[dict[str, Any]], kl_budget: float | None = None, *, key: str = "harmonic",
+           strength: str = "factor") -> dict[str, Any]:
+    """The development record with the highest `key` score (ties: smaller `strength`, then lower layer), among
     those whose KL is within `kl_budget` when one is given."""
     allowed = [r for r in records if kl_budget is None or r["kl"] <= kl_budget]
     if not allowed:
         least = min(r["kl"] for r in records)
         raise ActkitError(f"no setting stays within the KL budget of {kl_budget:g} nats/token on the development "
                           f"prompts (the smallest KL was {least:.4g}); raise --kl-budget or try smaller factors")
-    return max(allowed, key=lambda r: (r["harmonic"], -(r["factor"] or 0.0), -(r["layer"] or 0)))
+    return max(allowed, key=lambda r: (r[key], -(r[strength] or 0.0), -(r["layer"] or 0)))
 
 
 def candidate_layers(model: nn.Module, first: int, depths: Sequence[float] = AUTO_DEPTHS) -> list[int]:

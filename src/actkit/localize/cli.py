@@ -116,26 +116,6 @@ def _show(data: dict[str, Any], top: int = 10) -> None:
     console.print(table)
 
 
-FV_TASKS = ("antonyms", "capitals")
-
-
-def _fv_pairs(task: str) -> list[tuple[str, str]]:
-    """A shipped task (antonyms, capitals) or a JSONL file of {"input", "output"} lines."""
-    path = Path(__file__).parent / "data" / f"fv-{task}.jsonl" if task in FV_TASKS else Path(task)
-    if not path.is_file():
-        raise ActkitError(f"--task {task!r} is neither a shipped task ({', '.join(FV_TASKS)}) nor a file")
-    pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            pairs.append((str(item["input"]), str(item["output"])))
-        except (ValueError, KeyError, TypeError):
-            raise ActkitError(f"{path}:{number}: expected a JSON object with \"input\" and \"output\"") from None
-    return pairs
-
-
 def fv_command(
     task: Annotated[str, typer.Option("--task", "-t", help="antonyms, capitals, or a JSONL file of "
                                       "{\"input\", \"output\"} lines.")] = "antonyms",
@@ -157,14 +137,19 @@ def fv_command(
     zero-shot accuracy on the held-out half of the examples with and without it."""
     with bad_input():
         from actkit.io import check_output_file
-        from actkit.localize.function_vectors import function_vector, icl_accuracy, zero_shot_accuracy
+        from actkit.localize.function_vectors import (
+            function_vector,
+            icl_accuracy,
+            read_task,
+            zero_shot_accuracy,
+        )
         from actkit.models import load
         from actkit.steer import SteeringVector, save_vector
         from actkit.steer.vectors import model_metadata
 
         if out is not None:
             check_output_file(out, overwrite=force)
-        pairs = _fv_pairs(task)
+        pairs = read_task(task)
         train, test = pairs[::2], pairs[1::2]
         if len(test) < 1:
             raise ActkitError(f"--task {task!r} has {len(pairs)} examples; give at least {2 * (shots + 2)}")

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +43,8 @@ from actkit.localize.patching import core_site, head_count
 #: How one demonstration and the query are written.
 TEMPLATE = "{x}: {y}\n"
 QUERY = "{x}:"
+#: The shipped tasks (``data/fv-NAME.jsonl``, 40 examples each).
+TASKS = ("antonyms", "capitals")
 
 
 @dataclass
@@ -69,6 +73,24 @@ class FunctionVector:
 def icl_prompt(demos: Sequence[tuple[str, str]], query: str) -> str:
     """Demonstrations written with `TEMPLATE`, then the query with `QUERY`."""
     return "".join(TEMPLATE.format(x=x, y=y) for x, y in demos) + QUERY.format(x=query)
+
+
+def read_task(task: str) -> list[tuple[str, str]]:
+    """The (input, output) examples of a shipped task (`TASKS`) or of a JSONL file of {"input", "output"} lines."""
+    path = Path(__file__).parent / "data" / f"fv-{task}.jsonl" if task in TASKS else Path(task)
+    if not path.is_file():
+        raise ActkitError(f"task {task!r} is neither a shipped task ({', '.join(TASKS)}) nor a file; give one of "
+                          "those names or a JSONL file of {\"input\", \"output\"} lines")
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            pairs.append((str(item["input"]), str(item["output"])))
+        except (ValueError, KeyError, TypeError):
+            raise ActkitError(f"{path}:{number}: expected a JSON object with \"input\" and \"output\"") from None
+    return pairs
 
 
 def _check_pairs(pairs: Sequence[tuple[str, str]], shots: int) -> None:
@@ -280,5 +302,37 @@ def icl_accuracy(model: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, st
     return hits / prompts
 
 
-__all__ = ["QUERY", "TEMPLATE", "FunctionVector", "function_vector", "icl_accuracy", "icl_prompt",
-           "zero_shot_accuracy"]
+def mean_last(model: nn.Module, tokenizer: Any, texts: Sequence[str], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The mean last-token residual stream (``resid_post.{layer}``) over `texts`, at each of `layers` (one pass
+    per text reads them all)."""
+    if not texts:
+        raise ActkitError("no texts to average")
+    device = next(model.parameters()).device
+    sums: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for text in texts:
+            caps = {f"resid_post.{layer}": Capture() for layer in layers}
+            with tap(model, read=caps):
+                model(input_ids=_ids(tokenizer, text).to(device))
+            for layer in layers:
+                value = caps[f"resid_post.{layer}"].last[0, -1].double().cpu()
+                sums[layer] = value if layer not in sums else sums[layer] + value
+    return {layer: (total / len(texts)).float() for layer, total in sums.items()}
+
+
+def task_vector(model: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]], layers: Sequence[int], *,
+                shots: int = 5, prompts: int = 16, seed: int = 0) -> dict[int, torch.Tensor]:
+    """The mean-difference task vector (Hendel et al.'s sense) at each of `layers`: the mean last-token activation
+    of in-context prompts (drawn as `function_vector` draws them, same seed) minus that of the zero-shot prompts
+    ``"{x}:"`` of every example. The mean-difference baseline a function vector is compared with."""
+    _check_pairs(pairs, shots)
+    if prompts < 1:
+        raise ActkitError(f"prompts must be at least 1, got {prompts}")
+    icl = mean_last(model, tokenizer, [text for text, _ in _prompts(pairs, shots, prompts, seed, shuffled=False)],
+                    layers)
+    zero = mean_last(model, tokenizer, [QUERY.format(x=x) for x, _ in pairs], layers)
+    return {layer: icl[layer] - zero[layer] for layer in layers}
+
+
+__all__ = ["QUERY", "TASKS", "TEMPLATE", "FunctionVector", "function_vector", "icl_accuracy", "icl_prompt",
+           "mean_last", "read_task", "task_vector", "zero_shot_accuracy"]
