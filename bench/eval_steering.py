@@ -150,7 +150,7 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def sae_methods(model: Any, tokenizer: Any, folder: str, items: list[Pair], read_position: str,
+def sae_methods(model: Any, tokenizer: Any, folder: str, items: list[Pair], read_position: str, seed: int,
                 candidates: int = 8) -> dict[str, Any]:
     """Two SAE features as methods: ``sae-diff``, the feature whose activation rises most from the negative to the
     positive training pairs (the usual, input-side choice), and ``sae-output``, the one of the top `candidates`
@@ -161,7 +161,7 @@ def sae_methods(model: Any, tokenizer: Any, folder: str, items: list[Pair], read
 
     sae = load_sae(folder, model)
     layer = int(sae.site.rsplit(".", 1)[1])
-    train_idx, _ = split_indices(len(items), 0.7, 0, "pairs", ("training", "test"))  # as evaluate_steering's
+    train_idx, _ = split_indices(len(items), 0.7, seed, "pairs", ("training", "test"))  # as evaluate_steering's
     train = [items[i] for i in train_idx]
     acts = [read_activations(model, tokenizer, texts, [layer], read_position=read_position)[0][layer].float()
             for texts in ([p.positive for p in train], [p.negative for p in train])]
@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--depths", nargs="+", type=float, default=list(AUTO_DEPTHS),
                         help="Depths of the auto layer grid, beside the layer select_layers ranks first.")
     parser.add_argument("--out", default="/tmp/actkit-eval")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the dev/test and pair splits.")
     parser.add_argument("--tag", default="", help="Appended to each result's file name (runs with other methods).")
     parser.add_argument("--table", action="store_true", help="Only print the tables of the runs in --out.")
     args = parser.parse_args()
@@ -210,13 +211,14 @@ def main() -> None:
         items = read_pairs(pairs_path(pairs)) if isinstance(pairs, str) else pairs
         own = {n: load_vector(f, model) for n, f in (item.split("=", 1) for item in args.vector)}
         if args.sae:
-            own.update(sae_methods(model, tokenizer, args.sae, items, read_position))
+            own.update(sae_methods(model, tokenizer, args.sae, items, read_position, args.seed))
         start = time.monotonic()
         result = evaluate_steering(model, tokenizer, items, prompts(), concept, methods=args.methods.split(","),
                                    factors=args.factors, depths=args.depths, judge=judge, embedder=embedder,
                                    reference=reference_texts(spec, 16), max_new_tokens=args.max_new_tokens,
                                    read_position=read_position, log=lambda line: print("  " + line, flush=True),
-                                   lineas={"steps": args.lineas_steps, "lr": args.lineas_lr}, vectors=own)
+                                   lineas={"steps": args.lineas_steps, "lr": args.lineas_lr}, vectors=own,
+                                   seed=args.seed)
         result.update(model=spec, run=run, threads=torch.get_num_threads(), torch=torch.__version__,
                       wall_seconds=time.monotonic() - start)
         (out / f"{name}.{judge}{args.tag}.json").write_text(json.dumps(result, indent=1))

@@ -45,6 +45,17 @@ def test_max_tokens_bounds_the_stream() -> None:
     assert report["tokens"] == 300
 
 
+def test_skip_first_leaves_out_each_rows_first_token_in_training_and_in_evaluation() -> None:
+    model = build("llama")
+    texts = ["abcdefgh" * 5] * 6  # 40 tokens each, one row each
+    sae, report = train_sae(model, CharTokenizer(), texts, "resid_post.1", n_features=16, k=2, batch_size=3,
+                            skip_first=True)
+    assert report["tokens"] == 6 * 39 and sae.metadata["actkit"]["skip_first"] is True
+    assert evaluate_sae(model, CharTokenizer(), sae, texts[:2])["tokens"] == 2 * 39
+    sae.metadata["actkit"]["skip_first"] = False
+    assert evaluate_sae(model, CharTokenizer(), sae, texts[:2])["tokens"] == 2 * 40
+
+
 def test_reconstruction_stats_by_hand() -> None:
     sae = random_sae(HIDDEN)
     x = torch.randn(1, 10, HIDDEN, generator=torch.Generator().manual_seed(2))

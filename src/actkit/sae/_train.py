@@ -22,7 +22,7 @@ from torch import nn
 from actkit.core.anatomy import Anatomy
 from actkit.core.collect import collect, context_length, token_batches
 from actkit.core.hooks import Read, tap
-from actkit.core.positions import StepContext
+from actkit.core.positions import From, StepContext
 from actkit.errors import ActkitError
 from actkit.sae._model import SparseAutoencoder, check_k, unit_rows
 from actkit.steer.vectors import model_metadata
@@ -53,6 +53,7 @@ def train_sae(
     dead_tokens: int | None = None,
     seed: int = 0,
     max_length: int | None = None,
+    skip_first: bool = False,
     log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """Train a top-k SAE on the activations of `model` at `site` over `texts`.
@@ -72,6 +73,10 @@ def train_sae(
             the tokens of an epoch, at least 2,000 and at most 1,000,000).
         seed: seeds the initialization.
         max_length: cap on tokens per row (default the model's context).
+        skip_first: leave out each row's first token. In many models (SmolLM2 among them) its activation is
+            massive, tens of times the others' norm, and would take the loss, the mean norm and most features
+            (SAELens leaves out BOS tokens for the same reason); recorded in the metadata, and `evaluate_sae` then
+            leaves it out too.
         log: called after each step with ``{"step", "tokens", "loss", "dead"}``.
 
     Returns:
@@ -94,7 +99,8 @@ def train_sae(
     rows: list[torch.Tensor] = []
 
     def grab(x: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> None:
-        rows.append(x.detach()[mask].to(torch.float32))
+        keep = mask & (ctx.positions > 0) if skip_first else mask
+        rows.append(x.detach()[keep].to(torch.float32))
 
     params: dict[str, torch.Tensor] = {}
     optimizer: torch.optim.Optimizer | None = None
@@ -141,7 +147,7 @@ def train_sae(
     sae = SparseAutoencoder(w_enc, b_enc, w_dec, b_dec, site=name, k=k, architecture="topk")
     sae.metadata["actkit"] = {
         **model_metadata(model), "trained_tokens": tokens, "epochs": epochs, "seed": seed,
-        "mean_norm": norm_sum / tokens, "method": "topk (Gao et al. 2024)",
+        "mean_norm": norm_sum / tokens, "method": "topk (Gao et al. 2024)", "skip_first": skip_first,
     }
     report = {"tokens": tokens, "steps": steps, "seconds": time.perf_counter() - start,
               "first_loss": sum(losses[:tail]) / tail, "last_loss": sum(losses[-tail:]) / tail,
@@ -249,12 +255,13 @@ def evaluate_sae(model: nn.Module, tokenizer: Any, sae: SparseAutoencoder, texts
     Arguments:
         model: the model the SAE reads (checked against the SAE by the caller, or here by the site's width).
         tokenizer: its tokenizer.
-        sae: the SAE.
+        sae: the SAE; one trained with ``skip_first`` is measured without each row's first token too.
         texts: documents.
         max_tokens: read at most this many tokens.
         batch_size: documents per forward pass.
     """
+    skip = bool((sae.metadata.get("actkit") or {}).get("skip_first"))
     found = collect(model, texts, sae.site, {"sae": lambda: ReconstructionStats(sae)}, tokenizer=tokenizer,
-                    max_tokens=max_tokens, batch_size=batch_size)
+                    max_tokens=max_tokens, batch_size=batch_size, positions=From(1) if skip else None)
     result: dict[str, Any] = found[sae.site]["sae"].result()
     return result

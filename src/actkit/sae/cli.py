@@ -81,6 +81,9 @@ def train_command(
     eval_tokens: Annotated[int, typer.Option("--eval-tokens", help="Held-out tokens the reconstruction is measured "
                                              "on afterwards (0: skip).")] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Initialization seed.")] = 0,
+    skip_first: Annotated[bool, typer.Option("--skip-first", help="Leave out each row's first token (a massive "
+                                             "activation in models such as SmolLM2 would dominate training).")
+                          ] = False,
     force: ForceOption = False,
     as_json: JsonOption = False,
     dtype: DtypeOption = "float32",
@@ -108,7 +111,7 @@ def train_command(
         if epochs > 1 and not isinstance(texts, list):
             texts = list(texts)
         sae, report = train_sae(loaded, tokenizer, texts, site, n_features=features, k=k, max_tokens=tokens,  # type: ignore[arg-type]
-                                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+                                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, skip_first=skip_first)
         quality = (evaluate_sae(loaded, tokenizer, sae, _texts(text, model, "heldout"), max_tokens=eval_tokens)
                    if eval_tokens else None)
         if quality is not None:
