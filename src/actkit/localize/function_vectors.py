@@ -33,10 +33,12 @@ import torch
 from torch import nn
 
 from actkit.core.anatomy import Anatomy
+from actkit.core.collect import collect
 from actkit.core.hooks import Capture, tap
 from actkit.core.interventions import Add, Intervention
 from actkit.core.positions import All, Last, StepContext
 from actkit.core.sites import Site
+from actkit.core.stats import Mean
 from actkit.errors import ActkitError
 from actkit.localize.patching import core_site, head_count
 
@@ -303,21 +305,13 @@ def icl_accuracy(model: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, st
 
 
 def mean_last(model: nn.Module, tokenizer: Any, texts: Sequence[str], layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """The mean last-token residual stream (``resid_post.{layer}``) over `texts`, at each of `layers` (one pass
-    per text reads them all)."""
+    """The mean last-token residual stream (``resid_post.{layer}``) over `texts`, at each of `layers` (the core's
+    `collect` with a `Mean` at the last token)."""
     if not texts:
         raise ActkitError("no texts to average")
-    device = next(model.parameters()).device
-    sums: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for text in texts:
-            caps = {f"resid_post.{layer}": Capture() for layer in layers}
-            with tap(model, read=caps):
-                model(input_ids=_ids(tokenizer, text).to(device))
-            for layer in layers:
-                value = caps[f"resid_post.{layer}"].last[0, -1].double().cpu()
-                sums[layer] = value if layer not in sums else sums[layer] + value
-    return {layer: (total / len(texts)).float() for layer, total in sums.items()}
+    sites = {layer: str(Site.parse(f"resid_post.{layer}")) for layer in layers}
+    found = collect(model, list(texts), list(sites.values()), {"mean": Mean}, tokenizer=tokenizer, positions=Last())
+    return {layer: found[site]["mean"].result()["mean"].float() for layer, site in sites.items()}
 
 
 def task_vector(model: nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]], layers: Sequence[int], *,
